@@ -1,0 +1,22 @@
+"""writewatch: Windows write-watch semantics for Linux.
+
+Track which pages of a buffer were written since you last asked --
+``GetWriteWatch``/``ResetWriteWatch`` -- at the cost of the kernel's own
+PAGEMAP_SCAN ioctl (Linux >= 6.7), with classic emulations as fallbacks.
+"""
+
+from writewatch._core import PAGE_SIZE, BackendInfo, Region, backends, default_backend
+from writewatch._errors import BackendUnavailable, ForkedRegionError, WriteWatchError
+
+__all__ = [
+    "PAGE_SIZE",
+    "BackendInfo",
+    "BackendUnavailable",
+    "ForkedRegionError",
+    "Region",
+    "WriteWatchError",
+    "backends",
+    "default_backend",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,36 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, embedsignature=True
+"""writewatch's extension module: the Region type, the backend interface and
+the backends themselves.  The parts live in .pxi files pulled in below
+(uvloop's layout); every C declaration is in includes/system.pxd."""
+
+import collections
+import operator
+import os
+
+import numpy as np
+cimport numpy as np
+
+from cpython.buffer cimport PyBuffer_FillInfo
+from libc.stdint cimport uint8_t, uint64_t, uintptr_t
+from libc.stdlib cimport free, malloc, calloc
+from libc.string cimport memcpy, memset
+
+from writewatch.includes.system cimport *
+from writewatch._errors import (BackendUnavailable, ForkedRegionError,
+                                WriteWatchError, syscall_error)
+
+np.import_array()
+
+cdef size_t _PAGE_SIZE = <size_t>sysconf(_SC_PAGESIZE)
+# Largest size or address we accept: the x86-64/arm64 user address space
+# (47 bits) -- anything beyond can only fail, so it fails early and clearly.
+cdef object _MAX_SIZE = 1 << 47
+
+PAGE_SIZE = _PAGE_SIZE
+
+include "_engine.pxi"
+include "_region.pxi"
+include "_registry.pxi"
+include "_pagemap.pxi"
+
+_register("pagemap", _PagemapEngine, _probe_pagemap)

@@ -1,0 +1,356 @@
+# Region: the one public type.  Shared logic lives here, above the engines.
+
+cdef enum:
+    LOCAL_SLOTS = 512      # results up to this many pages need no malloc
+
+
+cdef inline size_t _round_up(size_t x, size_t page) noexcept nogil:
+    return (x + page - 1) & ~(page - 1)
+
+
+cdef object _index(object value, str name):
+    """operator.index with a message that names the argument."""
+    if isinstance(value, float):
+        raise TypeError("%s must be an integer, not float" % name)
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError("%s must be an integer, not %s"
+                        % (name, type(value).__name__)) from None
+
+
+cdef class Region:
+    """Anonymous, zero-filled read/write memory whose written pages are tracked.
+
+    ``Region(size, *, backend=None, address=None)``: `size` bytes rounded up
+    to whole pages, tracked from creation (nothing counts as written before
+    the first write).  `address` asks for a fixed, page-aligned placement and
+    never replaces an existing mapping.  `backend` is a name from
+    :func:`writewatch.backends`; ``None`` takes ``$WRITEWATCH_BACKEND`` or
+    else the best backend available here.
+    """
+
+    cdef uintptr_t _base
+    cdef size_t _size
+    cdef size_t _page
+    cdef Engine _engine
+    cdef str _backend
+    cdef Py_ssize_t _exports
+    cdef Py_ssize_t _busy
+    cdef bint _closed
+    cdef bint _mapped
+    cdef uint64_t _fork_gen
+
+    def __cinit__(self):
+        self._closed = True
+        self._mapped = False
+        self._engine = None
+
+    def __init__(self, size, *, backend=None, address=None):
+        cdef size_t page = _PAGE_SIZE
+        cdef object n = _index(size, "size")
+        if n <= 0:
+            raise ValueError("size must be positive, got %d" % n)
+        if n > _MAX_SIZE:
+            raise ValueError("size %d is larger than the address space allows" % n)
+        cdef size_t length = _round_up(<size_t>n, page)
+        cdef uintptr_t want = 0
+        cdef int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE
+        if address is not None:
+            a = _index(address, "address")
+            if a <= 0 or a % page:
+                raise ValueError("address must be a positive multiple of the "
+                                 "page size (%d), got %#x" % (page, a))
+            if a > _MAX_SIZE or a + length > _MAX_SIZE:
+                raise ValueError("address %#x is outside the user address space" % a)
+            want = <uintptr_t>a
+            flags |= MAP_FIXED_NOREPLACE
+        if self._mapped:
+            raise RuntimeError("Region.__init__ called twice")
+
+        name, engine_class = _choose_backend(backend)
+
+        cdef void *p
+        with nogil:
+            p = mmap(<void *>want, length, PROT_READ | PROT_WRITE, flags, -1, 0)
+        if p == MAP_FAILED:
+            err = errno
+            if err == EEXIST:
+                raise syscall_error(err, "mmap(MAP_FIXED_NOREPLACE)",
+                                    "[%#x, %#x) is not free" % (want, want + length))
+            raise syscall_error(err, "mmap", "%d bytes" % length)
+        if want and <uintptr_t>p != want:
+            # Kernels before 4.17 ignore MAP_FIXED_NOREPLACE and treat the
+            # address as a hint: give the memory back and refuse.
+            munmap(p, length)
+            raise syscall_error(EEXIST, "mmap(MAP_FIXED_NOREPLACE)",
+                                "[%#x, %#x) is not free" % (want, want + length))
+        self._base = <uintptr_t>p
+        self._size = length
+        self._page = page
+        self._mapped = True
+        # Transparent huge pages would make a 2 MiB page the unit of
+        # tracking; the contract is the 4 KiB page.
+        madvise(p, length, MADV_NOHUGEPAGE)
+        engine = engine_class()
+        try:
+            (<Engine>engine).arm(self._base, length, page)
+        except BaseException:
+            munmap(p, length)
+            self._mapped = False
+            raise
+        self._engine = engine
+        self._backend = name
+        self._fork_gen = ww_fork_generation()
+        self._closed = False
+
+    # -- properties -----------------------------------------------------
+
+    @property
+    def address(self):
+        """Base address of the memory (page aligned)."""
+        self._check_open()
+        return self._base
+
+    @property
+    def size(self):
+        """Size in bytes, a whole number of pages."""
+        return self._size
+
+    @property
+    def page_size(self):
+        """Tracking granularity in bytes."""
+        return self._page
+
+    @property
+    def backend(self):
+        """Name of the backend that tracks this region."""
+        return self._backend
+
+    @property
+    def closed(self):
+        return self._closed
+
+    def __repr__(self):
+        if self._closed:
+            return "<writewatch.Region closed, backend=%r>" % (self._backend,)
+        return "<writewatch.Region %#x+%#x, backend=%r>" % (
+            self._base, self._size, self._backend)
+
+    # -- checks shared by every method ----------------------------------
+
+    cdef int _check_open(self) except -1:
+        if self._closed:
+            raise ValueError("operation on a closed Region")
+        return 0
+
+    cdef int _check_tracking(self) except -1:
+        self._check_open()
+        if self._fork_gen != ww_fork_generation():
+            raise ForkedRegionError(
+                "this Region was made in the parent process; after fork() the "
+                "child's copy can be read, written and closed, but is not tracked")
+        return 0
+
+    cdef int _range(self, object address, object size,
+                    uintptr_t *start, uintptr_t *end) except -1:
+        """Round [address, address+size) out to pages and check it lies in
+        the region.  None means the region's start / up to its end."""
+        cdef uintptr_t base = self._base
+        cdef uintptr_t limit = self._base + self._size
+        if address is None:
+            a = base
+        else:
+            a = _index(address, "address")
+        if size is None:
+            n = limit - a if base <= a < limit else 1
+        else:
+            n = _index(size, "size")
+            if n <= 0:
+                raise ValueError("size must be positive, got %d" % n)
+        if a < base or a + n > limit:
+            raise ValueError("range [%#x, %#x) is not inside the region [%#x, %#x)"
+                             % (a, a + n, base, limit))
+        start[0] = <uintptr_t>a & ~(<uintptr_t>self._page - 1)
+        end[0] = _round_up(<uintptr_t>(a + n), self._page)
+        return 0
+
+    cdef inline void _enter(self):
+        self._busy += 1
+
+    cdef inline void _leave(self):
+        self._busy -= 1
+
+    cdef int _fail(self, int rc, const char *what) except -1:
+        raise syscall_error(-rc, what.decode("ascii"))
+
+    # -- write watch ----------------------------------------------------
+
+    def get_write_watch(self, address=None, size=None, *, reset=False,
+                        max_count=None, out=None):
+        """Addresses of the pages written in the range, ascending, as uint64.
+
+        With ``reset=True`` exactly the reported pages are re-armed,
+        atomically with reading them.  `max_count` (and the length of
+        `out`, a preallocated contiguous uint64 array whose prefix view is
+        then returned) stops the scan: later pages are neither reported nor
+        reset.
+        """
+        cdef uintptr_t start, end
+        cdef Sink sink
+        cdef uint64_t local[LOCAL_SLOTS]
+        cdef uint64_t *heap = NULL
+        cdef const char *what = NULL
+        cdef int rc
+        cdef bint do_reset = bool(reset)
+        cdef size_t limit
+        cdef np.ndarray outarr
+        self._check_tracking()
+        self._range(address, size, &start, &end)
+        limit = (end - start) // self._page
+        if max_count is not None:
+            m = _index(max_count, "max_count")
+            if m < 1:
+                raise ValueError("max_count must be at least 1, got %d" % m)
+            if m < limit:
+                limit = <size_t>m
+        if out is not None:
+            outarr = _check_out(out)
+            if <size_t>np.PyArray_DIM(outarr, 0) < limit:
+                limit = <size_t>np.PyArray_DIM(outarr, 0)
+            sink.buf = <uint64_t *>np.PyArray_DATA(outarr)
+        elif limit <= LOCAL_SLOTS:
+            sink.buf = local
+        else:
+            heap = <uint64_t *>malloc(limit * sizeof(uint64_t))
+            if heap == NULL:
+                raise MemoryError()
+            sink.buf = heap
+        sink.n = 0
+        sink.limit = limit
+        self._enter()
+        with nogil:
+            rc = self._engine.collect(start, end, do_reset, &sink, &what)
+        self._leave()
+        try:
+            if rc < 0:
+                self._fail(rc, what)
+            if out is not None:
+                return out[:sink.n]
+            result = np.empty(sink.n, dtype=np.uint64)
+            if sink.n:
+                memcpy(np.PyArray_DATA(result), sink.buf, sink.n * sizeof(uint64_t))
+            return result
+        finally:
+            free(heap)
+
+    def reset_write_watch(self, address=None, size=None):
+        """Re-arm the range: none of its pages counts as written afterwards."""
+        cdef uintptr_t start, end
+        cdef const char *what = NULL
+        cdef int rc
+        self._check_tracking()
+        self._range(address, size, &start, &end)
+        self._enter()
+        with nogil:
+            rc = self._engine.reset(start, end, &what)
+        self._leave()
+        if rc < 0:
+            self._fail(rc, what)
+
+    # -- hooks for writewatch.win32 (not public API) --------------------
+
+    def _protect(self, address, size, int prot):
+        """mprotect() the range with `prot` (PROT_* bits) without touching
+        its written state."""
+        cdef uintptr_t start, end
+        cdef const char *what = NULL
+        cdef int rc
+        self._check_tracking()
+        self._range(address, size, &start, &end)
+        self._enter()
+        with nogil:
+            rc = self._engine.protect(start, end, prot, &what)
+        self._leave()
+        if rc < 0:
+            self._fail(rc, what)
+
+    def _discard(self, address, size):
+        """Drop the range's contents and written state (Win32 decommit)."""
+        cdef uintptr_t start, end
+        cdef const char *what = NULL
+        cdef int rc
+        self._check_tracking()
+        self._range(address, size, &start, &end)
+        self._enter()
+        with nogil:
+            rc = self._engine.discard(start, end, &what)
+        self._leave()
+        if rc < 0:
+            self._fail(rc, what)
+
+    # -- buffer protocol ------------------------------------------------
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        self._check_open()
+        PyBuffer_FillInfo(view, self, <void *>self._base, self._size, 0, flags)
+        self._exports += 1
+
+    def __releasebuffer__(self, Py_buffer *view):
+        self._exports -= 1
+
+    # -- lifetime -------------------------------------------------------
+
+    def close(self):
+        """Unmap the memory.  Idempotent; raises BufferError while views of
+        the memory exist, so none can outlive it."""
+        if self._closed:
+            return
+        if self._exports > 0:
+            raise BufferError("cannot close a Region while %d view(s) of its "
+                              "memory exist" % self._exports)
+        self._closed = True            # no new call can start
+        while self._busy > 0:          # let calls in other threads finish
+            with nogil:
+                sched_yield()
+        self._unmap()
+
+    cdef void _unmap(self) noexcept:
+        if not self._mapped:
+            return
+        if self._engine is not None:
+            self._engine.detach()
+        munmap(<void *>self._base, self._size)
+        self._mapped = False
+        if self._engine is not None:
+            self._engine.release()
+
+    def __enter__(self):
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __dealloc__(self):
+        # No view can be alive here (a view holds a reference to us).
+        self._closed = True
+        self._unmap()
+
+
+cdef np.ndarray _check_out(object out):
+    if not isinstance(out, np.ndarray):
+        raise TypeError("out must be a numpy.ndarray of uint64, not %s"
+                        % type(out).__name__)
+    if out.dtype != np.uint64:
+        raise TypeError("out must have dtype uint64, not %s" % out.dtype)
+    if out.ndim != 1:
+        raise ValueError("out must be one-dimensional")
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be contiguous")
+    if not out.flags.writeable:
+        raise ValueError("out must be writeable")
+    if out.shape[0] == 0:
+        raise ValueError("out must have room for at least one address")
+    return out

@@ -1,0 +1,76 @@
+# Backends by name, their probes, and the choice of one for a new region
+# (pyzmq's backend selection: an environment variable first, then the
+# preference order).
+
+BACKEND_NAMES = ("pagemap", "uffd", "mprotect", "softdirty")
+
+BackendInfo = collections.namedtuple("BackendInfo", "name available reason")
+BackendInfo.__doc__ = "A backend, whether it can run here, and why (not)."
+
+# Internal: a backend name with this prefix skips the availability check;
+# the probes use it to build their scratch regions.
+_FORCE_PREFIX = "\0force:"
+
+cdef dict _ENGINES = {}          # name -> (Engine subclass, probe function)
+cdef dict _PROBED = {}           # name -> (available, reason), decided once
+
+
+cdef _register(str name, engine_class, probe):
+    assert name in BACKEND_NAMES, name
+    _ENGINES[name] = (engine_class, probe)
+
+
+def _probe(str name):
+    """(available, reason) for a backend, probed once per process."""
+    try:
+        return _PROBED[name]
+    except KeyError:
+        pass
+    if name not in _ENGINES:
+        result = (False, "not built into this version of writewatch")
+    else:
+        try:
+            result = tuple(_ENGINES[name][1]())
+        except Exception as e:       # a probe must never take the import down
+            result = (False, "probe failed: %s: %s" % (type(e).__name__, e))
+    _PROBED[name] = result
+    return result
+
+
+def backends():
+    """Every backend in preference order, as BackendInfo(name, available, reason)."""
+    return [BackendInfo(name, *_probe(name)) for name in BACKEND_NAMES]
+
+
+def default_backend():
+    """The backend a Region gets with backend=None here and now."""
+    return _choose_backend(None)[0]
+
+
+def _choose_backend(backend):
+    if backend is None:
+        backend = os.environ.get("WRITEWATCH_BACKEND") or None
+        source = "WRITEWATCH_BACKEND"
+    else:
+        source = "backend"
+    if backend is None:
+        reasons = []
+        for name in BACKEND_NAMES:
+            ok, reason = _probe(name)
+            if ok:
+                return name, _ENGINES[name][0]
+            reasons.append("%s: %s" % (name, reason))
+        raise BackendUnavailable("no write-watch backend can run here (%s)"
+                                 % "; ".join(reasons))
+    if not isinstance(backend, str):
+        raise TypeError("backend must be a str or None, not %s" % type(backend).__name__)
+    if backend.startswith(_FORCE_PREFIX):
+        name = backend[len(_FORCE_PREFIX):]
+        return name, _ENGINES[name][0]
+    if backend not in BACKEND_NAMES:
+        raise ValueError("unknown backend %r (from %s); known backends: %s"
+                         % (backend, source, ", ".join(BACKEND_NAMES)))
+    ok, reason = _probe(backend)
+    if not ok:
+        raise BackendUnavailable("backend %r cannot run here: %s" % (backend, reason))
+    return backend, _ENGINES[backend][0]
