@@ -19,6 +19,7 @@ cdef object _index(object value, str name):
                         % (name, type(value).__name__)) from None
 
 
+@cython.auto_pickle(False)
 cdef class Region:
     """Anonymous, zero-filled read/write memory whose written pages are tracked.
 
