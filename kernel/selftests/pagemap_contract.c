@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -787,18 +788,39 @@ static void t_fork(void)
 #define MT_WRITERS 2
 static char *mt_region;
 static volatile int mt_stop;
+static long mt_writes;          /* increments made by all writers */
+
+/* With two CPUs or more, keep the writers off the checker's CPU so that
+ * writes really race with the scans. */
+static int mt_ncpu;
+static void mt_pin(int writer)
+{
+    cpu_set_t set;
+
+    if (mt_ncpu < 2)
+        return;
+    CPU_ZERO(&set);
+    if (writer)
+        for (int c = 1; c < mt_ncpu && c < CPU_SETSIZE; c++)
+            CPU_SET(c, &set);
+    else
+        CPU_SET(0, &set);
+    sched_setaffinity(0, sizeof(set), &set);    /* best effort */
+}
 
 static void *mt_writer(void *arg)
 {
     unsigned long long s = 0x2545f4914f6cdd1dull * ((uintptr_t)arg + 1);
     long k = 0;
 
+    mt_pin(1);
+
     while (!__atomic_load_n(&mt_stop, __ATOMIC_ACQUIRE)) {
         s ^= s << 13; s ^= s >> 7; s ^= s << 17;
         touch(mt_region, (long)(s % MT_PAGES));
-        if (++k % 64 == 0)
-            sched_yield();
+        k++;
     }
+    __atomic_add_fetch(&mt_writes, k, __ATOMIC_RELAXED);
     return NULL;
 }
 
@@ -807,7 +829,9 @@ static void t_threads(void)
     pthread_t th[MT_WRITERS];
     uint64_t last_seen[MT_PAGES] = {0};
     unsigned char seen[MT_PAGES];
-    long i, rounds = 0, reported = 0, started = 0;
+    long i, rounds = 0, reported = 0, started = 0, elapsed = 0;
+    cpu_set_t saved_cpus;
+    int have_saved = 0;
     int ok = 1;
     struct timespec t0, t1;
 
@@ -817,6 +841,11 @@ static void t_threads(void)
         return;
     }
     mt_stop = 0;
+    mt_writes = 0;
+    mt_ncpu = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (sched_getaffinity(0, sizeof(saved_cpus), &saved_cpus) == 0)
+        have_saved = 1;
+    mt_pin(0);
     for (i = 0; i < MT_WRITERS; i++)
         if (pthread_create(&th[i], NULL, mt_writer, (void *)(uintptr_t)i) == 0)
             started++;
@@ -835,10 +864,16 @@ static void t_threads(void)
             }
         rounds++;
         clock_gettime(CLOCK_MONOTONIC, &t1);
-    } while ((t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec) < 300000000L);
+        elapsed = (t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec);
+        /* at least 0.3 s, and until the writers have been seen at work
+         * (page reports) often enough to mean something; at most 2.5 s
+         * (on a loaded machine the threads may rarely run at once) */
+    } while (elapsed < 300000000L || (reported < 5000 && elapsed < 2500000000L));
     __atomic_store_n(&mt_stop, 1, __ATOMIC_RELEASE);
     for (i = 0; i < started; i++)
         pthread_join(th[i], NULL);
+    if (have_saved)
+        sched_setaffinity(0, sizeof(saved_cpus), &saved_cpus);
     /* the last writes, after the loop's last scan */
     if (ok && collect(mt_region, MT_PAGES, PM_SCAN_WP_MATCHING, 8, 0, seen, NULL) == 0) {
         for (i = 0; i < MT_PAGES; i++)
@@ -859,8 +894,12 @@ static void t_threads(void)
         note("pthread_create failed");
         ok = 0;
     }
-    printf("# %ld get-and-reset rounds, %ld page reports, %d writer threads\n",
-           rounds, reported, MT_WRITERS);
+    printf("# %ld get-and-reset rounds, %ld page reports, %ld writes by %d threads in %.2f s\n",
+           rounds, reported, mt_writes, MT_WRITERS, elapsed / 1e9);
+    if (ok && reported < 200) {
+        note("only %ld page reports: the writers hardly ran, nothing was tested", reported);
+        ok = 0;
+    }
     munmap(mt_region, MT_PAGES * page);
     result(ok, "threads: no write lost between concurrent writes and get-and-reset");
 }
