@@ -7,6 +7,7 @@ import os
 import sys
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 if not sys.platform.startswith("linux"):
     sys.exit(
@@ -34,7 +35,39 @@ extensions = [
     )
 ]
 
+# Small C programs built from the same ABI header and shipped inside the
+# package (writewatch/_bin/), so that `writewatch bench` and
+# `writewatch doctor --selftest` need no compiler at run time.
+PROGRAMS = {
+    # "name": ["kernel/dir/source.c", ...],
+}
+
+
+class build_ext_and_programs(build_ext):
+    def run(self):
+        super().run()
+        for name, sources in PROGRAMS.items():
+            self._build_program(name, sources)
+
+    def _build_program(self, name, sources):
+        if self.inplace:
+            out_dir = os.path.join(HERE, "writewatch", "_bin")
+        else:
+            out_dir = os.path.join(self.build_lib, "writewatch", "_bin")
+        os.makedirs(out_dir, exist_ok=True)
+        objects = self.compiler.compile(
+            [os.path.join(HERE, s) for s in sources],
+            output_dir=self.build_temp,
+            include_dirs=[os.path.join(HERE, "kernel")],
+            macros=[("_GNU_SOURCE", "1")],
+            extra_postargs=["-O2", "-Wall"],
+        )
+        self.compiler.link_executable(
+            objects, name, output_dir=out_dir, libraries=["pthread"])
+
+
 setup(
+    cmdclass={"build_ext": build_ext_and_programs},
     ext_modules=cythonize(
         extensions,
         compiler_directives={"language_level": "3"},

@@ -1,0 +1,5 @@
+import sys
+
+from writewatch._cli import main
+
+sys.exit(main())
