@@ -622,25 +622,34 @@ def _maps_perms(address):
     return None
 
 
-@pytest.mark.parametrize("watched", [False, True], ids=["plain", "write-watch"])
-def test_protections_reach_the_kernel(watched, allocs, monkeypatch):
-    kind = w.MEM_RESERVE | (w.MEM_WRITE_WATCH if watched else 0)
-    if watched and not any(b.available for b in BACKENDS):
-        pytest.skip("no write-watch backend available")
-    base = allocs(0, SIZE, kind, w.PAGE_READWRITE)
-    assert base
+EXPECTED_PERMS = {w.PAGE_NOACCESS: "---", w.PAGE_READONLY: "r--", w.PAGE_READWRITE: "rw-",
+                  w.PAGE_EXECUTE: "--x", w.PAGE_EXECUTE_READ: "r-x",
+                  w.PAGE_EXECUTE_READWRITE: "rwx"}
+
+
+def _check_protections_reach_the_kernel(base, write_may_be_withheld):
     assert _maps_perms(base) == "---"        # reserved memory is inaccessible
-    expect = {w.PAGE_NOACCESS: "---", w.PAGE_READONLY: "r--", w.PAGE_READWRITE: "rw-",
-              w.PAGE_EXECUTE: "--x", w.PAGE_EXECUTE_READ: "r-x",
-              w.PAGE_EXECUTE_READWRITE: "rwx"}
     assert w.VirtualAlloc(base, P, w.MEM_COMMIT, w.PAGE_NOACCESS) == base
-    for protect, perms in expect.items():
+    for protect, perms in EXPECTED_PERMS.items():
         assert w.VirtualProtect(base, P, protect)[0]
-        if watched and writewatch.default_backend() == "mprotect":
-            continue     # that backend keeps its own write protection in the PTEs
-        assert _maps_perms(base) == perms
+        got = _maps_perms(base)
+        if write_may_be_withheld and perms[1] == "w" and got[1] == "-":
+            got = perms      # the backend write-protects clean pages itself
+        assert got == perms, (hex(protect), got)
     assert w.VirtualFree(base, P, w.MEM_DECOMMIT)
     assert _maps_perms(base) == "---"
+
+
+def test_protections_reach_the_kernel_plain(allocs):
+    base = allocs(0, SIZE, w.MEM_RESERVE, w.PAGE_READWRITE)
+    assert base
+    _check_protections_reach_the_kernel(base, False)
+
+
+def test_protections_reach_the_kernel_write_watch(backend, allocs):
+    base = allocs(0, SIZE, w.MEM_RESERVE | w.MEM_WRITE_WATCH, w.PAGE_READWRITE)
+    assert base
+    _check_protections_reach_the_kernel(base, backend == "mprotect")
 
 
 def test_commit_keeps_contents_and_sets_protection(allocs):
@@ -703,3 +712,65 @@ def test_reserved_memory_faults():
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert proc.stdout == "ok\n"
     assert proc.returncode == -11, proc.stderr
+
+
+def test_ctypes_buffer_over_inaccessible_pages_of_ours_is_noaccess(ww, allocs):
+    """A guest pointer into reserved, decommitted or read-only memory of a
+    VirtualAlloc'd block: ERROR_NOACCESS, as Windows, not a crash."""
+    poke(ww)
+    other = allocs(0, SIZE, w.MEM_RESERVE, w.PAGE_READWRITE)
+    assert w.VirtualAlloc(other, P, w.MEM_COMMIT, w.PAGE_READWRITE) == other
+    inside = (ctypes.c_void_p * 8).from_address(other + P)            # reserved
+    assert fails(lambda: w.GetWriteWatch(0, ww, SIZE, inside, 8), 998) == (FAILED, 8, 0)
+    straddle = (ctypes.c_void_p * 8).from_address(other + P - 16)     # runs into it
+    assert fails(lambda: w.GetWriteWatch(0, ww, SIZE, straddle, 8), 998)[0] == FAILED
+    assert w.VirtualProtect(other, P, w.PAGE_READONLY) == (True, w.PAGE_READWRITE)
+    ro = (ctypes.c_void_p * 8).from_address(other)
+    assert fails(lambda: w.GetWriteWatch(0, ww, SIZE, ro, 8), 998)[0] == FAILED
+    assert w.VirtualProtect(other, P, w.PAGE_READWRITE)[0]
+    ok = (ctypes.c_void_p * 8).from_address(other + P - 64)
+    assert w.GetWriteWatch(0, ww, SIZE, ok, 8) == (0, 1, P)
+    assert ok[0] == ww
+    # the results may live in the watched block itself (the write is seen)
+    assert w.GetWriteWatch(w.WRITE_WATCH_FLAG_RESET, ww, SIZE, ok, 8) == (0, 1, P)
+    into_self = (ctypes.c_void_p * 8).from_address(ww + 5 * P)
+    assert w.GetWriteWatch(0, ww, SIZE, into_self, 8) == (0, 0, P)
+    assert watch(ww) == []                  # nothing written, nothing stored
+    poke(ww)
+    assert w.GetWriteWatch(w.WRITE_WATCH_FLAG_RESET, ww, SIZE, into_self, 8) == (0, 1, P)
+    assert into_self[0] == ww
+    assert watch(ww) == pages(5)            # storing the result was a write
+
+
+def test_mem_top_down_is_accepted(allocs):
+    base = allocs(0, SIZE, w.MEM_RESERVE | w.MEM_COMMIT | w.MEM_TOP_DOWN, w.PAGE_READWRITE)
+    assert base and w.VirtualQuery(base).State == w.MEM_COMMIT
+
+
+def test_release_while_other_threads_watch(backend):
+    """GetWriteWatch racing VirtualFree(MEM_RELEASE): each call either
+    succeeds or fails with ERROR_INVALID_PARAMETER, never anything worse."""
+    for _ in range(20):
+        base = w.VirtualAlloc(0, SIZE, w.MEM_RESERVE | w.MEM_COMMIT | w.MEM_WRITE_WATCH,
+                              w.PAGE_READWRITE)
+        assert base
+        poke(base + P)
+        outcomes = []
+        stop = threading.Event()
+
+        def watcher():
+            buf = np.zeros(16, np.uint64)
+            while not stop.is_set():
+                result, n, _ = w.GetWriteWatch(0, base, SIZE, buf, 16)
+                outcomes.append(result if result == 0 else w.GetLastError())
+
+        threads = [threading.Thread(target=watcher) for _ in range(2)]
+        for t in threads:
+            t.start()
+        while not outcomes:
+            pass
+        assert w.VirtualFree(base, 0, w.MEM_RELEASE)
+        stop.set()
+        for t in threads:
+            t.join()
+        assert set(outcomes) <= {0, w.ERROR_INVALID_PARAMETER}

@@ -33,9 +33,9 @@ The model
   through ``Region._discard``, so written state behaves the same on every
   backend.  Other allocations are plain anonymous mappings.
 * Decommit drops the pages' contents *and* their written state; recommitted
-  pages read as zero and start clean.  (Wine's conformance test accepts a
-  Windows that still reports a page written before its decommit -- see
-  notes/README-win32.md; this module follows the project's contract.)
+  pages read as zero and start clean.  (This is the project's contract;
+  Wine's conformance test expects Windows NT to keep reporting a page
+  written before its decommit -- see the README's win32 section.)
 * ``PAGE_GUARD``, ``PAGE_NOCACHE``, ``PAGE_WRITECOMBINE``, the copy-on-write
   protections, ``MEM_LARGE_PAGES`` and ``MEM_PHYSICAL`` are not supported:
   they fail with ``ERROR_INVALID_PARAMETER``.  ``MEM_RESET`` and
@@ -711,6 +711,12 @@ def GetWriteWatch(flags, base, size, addresses, count):
         _check_buffer(addresses)
         _tls.error = ERROR_NOACCESS
         return _FAILED, count, 0
+    if isinstance(addresses, _CtypesArray) and not _writable(_addressof(addresses), 8 * count):
+        # A ctypes array laid over reserved, decommitted or read-only pages
+        # of ours (a guest's bad pointer): Windows answers ERROR_NOACCESS,
+        # writing would be a crash.
+        _tls.error = ERROR_NOACCESS
+        return _FAILED, count, 0
     try:
         found = region.get_write_watch(start, end - start, reset=flags, out=out)
     except ValueError:
@@ -750,6 +756,29 @@ def ResetWriteWatch(base, size):
 
 _frombuffer = _np.frombuffer
 _UINT64 = _np.dtype(_np.uint64)
+_CtypesArray = _ctypes.Array
+_addressof = _ctypes.addressof
+_WRITABLE = (PAGE_READWRITE, PAGE_EXECUTE_READWRITE)
+
+
+def _writable(address, length):
+    """False if [address, address+length) touches a page of one of our
+    allocations that is not committed writable.  (Memory we did not
+    allocate cannot be checked cheaply and is trusted.)"""
+    end = address + length
+    bases, allocs = _table
+    i = _bisect.bisect_right(bases, address) - 1
+    if i < 0:
+        i = 0
+    for alloc in allocs[i:]:
+        if alloc.base >= end:
+            break
+        if alloc.end <= address:
+            continue
+        for s, e, state, protect in alloc.runs:
+            if e > address and s < end and (state != _COMMITTED or protect not in _WRITABLE):
+                return False
+    return True
 
 
 def _convert(flags, base, size, count):
