@@ -774,3 +774,11 @@ def test_release_while_other_threads_watch(backend):
         for t in threads:
             t.join()
         assert set(outcomes) <= {0, w.ERROR_INVALID_PARAMETER}
+
+
+def test_sizes_past_the_address_space(allocs):
+    assert fails(lambda: w.VirtualAlloc(0, 1 << 48, w.MEM_RESERVE, w.PAGE_NOACCESS),
+                 w.ERROR_NOT_ENOUGH_MEMORY) == 0
+    assert fails(lambda: w.VirtualAlloc(0, (1 << 64) - 1, w.MEM_RESERVE | w.MEM_WRITE_WATCH,
+                                        w.PAGE_NOACCESS), w.ERROR_NOT_ENOUGH_MEMORY) == 0
+    assert fails(lambda: w.VirtualAlloc(0, P, w.MEM_RESET, w.PAGE_NOACCESS), 87) == 0

@@ -55,7 +55,6 @@ import ctypes as _ctypes
 import errno as _errno
 import mmap as _mmap
 import operator as _operator
-import os as _os
 import threading as _threading
 
 import numpy as _np
