@@ -398,7 +398,12 @@ def test_argument_types(ww):
 
 # -- who writes -------------------------------------------------------------
 
-def test_kernel_writes_are_reported(ww):
+def test_kernel_writes_are_reported(ww, backend, request):
+    if backend == "mprotect":
+        # the technique's documented limit (see the Region contract suite)
+        request.applymarker(pytest.mark.xfail(
+            raises=OSError, strict=True,
+            reason="mprotect: kernel writes into a clean page fail with EFAULT"))
     r, wfd = os.pipe()
     try:
         os.write(wfd, b"x" * (P + 10))
@@ -737,9 +742,13 @@ def test_ctypes_buffer_over_inaccessible_pages_of_ours_is_noaccess(ww, allocs):
     assert w.GetWriteWatch(0, ww, SIZE, into_self, 8) == (0, 0, P)
     assert watch(ww) == []                  # nothing written, nothing stored
     poke(ww)
-    assert w.GetWriteWatch(w.WRITE_WATCH_FLAG_RESET, ww, SIZE, into_self, 8) == (0, 1, P)
-    assert into_self[0] == ww
-    assert watch(ww) == pages(5)            # storing the result was a write
+    result, n, _ = w.GetWriteWatch(w.WRITE_WATCH_FLAG_RESET, ww, SIZE, into_self, 8)
+    assert result == 0
+    got = [into_self[i] - ww for i in range(n)]
+    # storing the result was a write: seen by this call (a backend whose
+    # fault handler runs during the scan) or by the next one, never lost
+    assert got in (pages(0), pages(0, 5))
+    assert watch(ww) == ([] if got == pages(0, 5) else pages(5))
 
 
 def test_mem_top_down_is_accepted(allocs):
@@ -782,3 +791,24 @@ def test_sizes_past_the_address_space(allocs):
     assert fails(lambda: w.VirtualAlloc(0, (1 << 64) - 1, w.MEM_RESERVE | w.MEM_WRITE_WATCH,
                                         w.PAGE_NOACCESS), w.ERROR_NOT_ENOUGH_MEMORY) == 0
     assert fails(lambda: w.VirtualAlloc(0, P, w.MEM_RESET, w.PAGE_NOACCESS), 87) == 0
+
+
+def _mapping_count():
+    with open("/proc/self/maps") as f:
+        return sum(1 for _ in f)
+
+
+def test_failed_allocations_leave_no_mappings(monkeypatch):
+    kind = w.MEM_RESERVE | w.MEM_COMMIT | w.MEM_WRITE_WATCH
+    before = _mapping_count()
+    monkeypatch.setenv("WRITEWATCH_BACKEND", "no-such-backend")
+    for _ in range(20):
+        with pytest.raises(ValueError):
+            w.VirtualAlloc(0, SIZE, kind, w.PAGE_READWRITE)
+    unavailable = [b.name for b in BACKENDS if not b.available]
+    if unavailable:
+        monkeypatch.setenv("WRITEWATCH_BACKEND", unavailable[0])
+        for _ in range(20):
+            assert fails(lambda: w.VirtualAlloc(0, SIZE, kind, w.PAGE_READWRITE),
+                         w.ERROR_NOT_SUPPORTED) == 0
+    assert _mapping_count() <= before + 2     # slack for the allocator's own arenas

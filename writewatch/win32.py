@@ -386,17 +386,14 @@ def _place(length, fixed_at, make):
         aligned = (p + _GRAN_MASK) & ~_GRAN_MASK
         _os_munmap(aligned, length)
         try:
-            result = make(aligned)
+            return make(aligned)
         except OSError as e:
             if e.errno != _errno.EEXIST:
-                _os_munmap(p, aligned - p)
-                _os_munmap(aligned + length, p + span - aligned - length)
                 raise
-            result = None
-        _os_munmap(p, aligned - p)
-        _os_munmap(aligned + length, p + span - aligned - length)
-        if result is not None:
-            return result
+        finally:
+            # the placeholder's head and tail, whatever happened
+            _os_munmap(p, aligned - p)
+            _os_munmap(aligned + length, p + span - aligned - length)
     raise _syscall_error(_errno.EEXIST, "mmap(MAP_FIXED_NOREPLACE)",
                          "no aligned hole stayed free")
 
