@@ -812,3 +812,39 @@ def test_failed_allocations_leave_no_mappings(monkeypatch):
             assert fails(lambda: w.VirtualAlloc(0, SIZE, kind, w.PAGE_READWRITE),
                          w.ERROR_NOT_SUPPORTED) == 0
     assert _mapping_count() <= before + 2     # slack for the allocator's own arenas
+
+
+def test_forked_child_cannot_watch_and_parent_stays_exact(backend):
+    """After fork() the child may write its copy but its write-watch calls
+    raise ForkedRegionError; the parent's answers are not disturbed."""
+    code = textwrap.dedent("""
+        import ctypes, os, sys
+        import numpy as np
+        import writewatch
+        from writewatch import win32 as w
+        P = w.PAGE_SIZE
+        base = w.VirtualAlloc(0, 16 * P, w.MEM_RESERVE | w.MEM_COMMIT | w.MEM_WRITE_WATCH,
+                              w.PAGE_READWRITE)
+        assert base and w._backend_of(base) == sys.argv[1]
+        ctypes.c_uint8.from_address(base + P).value = 1
+        pid = os.fork()
+        if pid == 0:
+            ctypes.c_uint8.from_address(base + 7 * P).value = 1
+            try:
+                w.GetWriteWatch(0, base, 16 * P, np.zeros(16, np.uint64), 16)
+            except writewatch.ForkedRegionError:
+                os._exit(0)
+            os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+        ctypes.c_uint8.from_address(base + 3 * P).value = 1
+        buf = np.zeros(16, np.uint64)
+        rc, n, _ = w.GetWriteWatch(0, base, 16 * P, buf, 16)
+        assert (rc, [int(a) - base for a in buf[:n]]) == (0, [P, 3 * P]), (rc, buf[:n])
+        print("ok")
+    """)
+    env = dict(os.environ, WRITEWATCH_BACKEND=backend)
+    proc = subprocess.run([sys.executable, "-c", code, backend], capture_output=True,
+                          text=True, env=env, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0 and proc.stdout == "ok\n", proc.stderr
