@@ -690,7 +690,7 @@ def GetWriteWatch(flags, base, size, addresses, count):
     start = base & ~_PAGE_MASK
     end = (base + size + _PAGE_MASK) & ~_PAGE_MASK
     bases, allocs = _table
-    i = _bisect.bisect_right(bases, start) - 1
+    i = _bisect_right(bases, start) - 1
     if i < 0:
         _tls.error = ERROR_INVALID_PARAMETER
         return _FAILED, count, 0
@@ -702,10 +702,8 @@ def GetWriteWatch(flags, base, size, addresses, count):
     try:
         out = _frombuffer(addresses, _UINT64, count)
     except (ValueError, BufferError):
-        out = None
-    if out is None or not out.flags.writeable:
-        _check_buffer(addresses)
-        _tls.error = ERROR_NOACCESS
+        _check_buffer(addresses)            # TypeError unless a contiguous buffer
+        _tls.error = ERROR_NOACCESS         # too short for `count` slots
         return _FAILED, count, 0
     if isinstance(addresses, _CtypesArray) and not _writable(_addressof(addresses), 8 * count):
         # A ctypes array laid over reserved, decommitted or read-only pages
@@ -716,9 +714,14 @@ def GetWriteWatch(flags, base, size, addresses, count):
     try:
         found = region.get_write_watch(start, end - start, reset=flags, out=out)
     except ValueError:
-        if not region.closed:
+        # Region refuses a read-only `out`, and a region released meanwhile
+        # by another thread; anything else is a bug worth seeing.
+        if not out.flags.writeable:
+            _tls.error = ERROR_NOACCESS
+        elif region.closed:
+            _tls.error = ERROR_INVALID_PARAMETER
+        else:
             raise
-        _tls.error = ERROR_INVALID_PARAMETER       # released by another thread
         return _FAILED, count, 0
     return 0, len(found), PAGE_SIZE
 
@@ -751,6 +754,7 @@ def ResetWriteWatch(base, size):
 
 
 _frombuffer = _np.frombuffer
+_bisect_right = _bisect.bisect_right
 _UINT64 = _np.dtype(_np.uint64)
 _CtypesArray = _ctypes.Array
 _addressof = _ctypes.addressof
