@@ -297,13 +297,13 @@ def test_initial_protection_does_not_matter(backend, allocs):
 def test_decommit_clears_written_state_and_recommit_starts_clean(ww):
     for n in (1, 5, 6, 9):
         poke(ww + n * P, 7)
-    assert w.VirtualFree(ww + 5 * P, 2 * P, w.MEM_DECOMMIT)
-    # decommitted pages drop out, the others stay written; untouched pages
-    # in the decommitted range are not reported either (MADV_DONTNEED alone
-    # would leave them looking written on the pagemap backend)
+    assert w.VirtualFree(ww + 5 * P, 3 * P, w.MEM_DECOMMIT)
+    # decommitted pages drop out, the others stay written; the untouched
+    # page 7 in the decommitted range is not reported either (MADV_DONTNEED
+    # alone would leave it looking written on the pagemap backend)
     assert watch(ww) == pages(1, 9)
     info = w.VirtualQuery(ww + 5 * P)
-    assert (info.RegionSize, info.State, info.Protect) == (2 * P, w.MEM_RESERVE, 0)
+    assert (info.RegionSize, info.State, info.Protect) == (3 * P, w.MEM_RESERVE, 0)
     assert w.VirtualAlloc(ww + 4 * P, 4 * P, w.MEM_COMMIT, w.PAGE_READWRITE) == ww + 4 * P
     assert watch(ww) == pages(1, 9)
     assert [peek(ww + n * P) for n in (1, 5, 6, 9)] == [7, 0, 0, 7]
@@ -524,6 +524,11 @@ def test_virtual_alloc_reserve_commit_protect_free(allocs):
                                         w.PAGE_NOACCESS), 487) == 0
     assert fails(lambda: w.VirtualAlloc(base, 0x1000, w.MEM_RESET | w.MEM_COMMIT,
                                         w.PAGE_NOACCESS), 87) == 0
+    # flags VirtualAlloc does not take (AT_ROUND_TO_PAGE, MEM_LARGE_PAGES,
+    # MEM_PHYSICAL, MEM_DECOMMIT) and no type at all
+    for bad in (0x40000000, 0x20000000, 0x400000, w.MEM_DECOMMIT, 0):
+        assert fails(lambda: w.VirtualAlloc(0, 0x1000, w.MEM_RESERVE | w.MEM_COMMIT | bad
+                                            if bad else 0, w.PAGE_READWRITE), 87) == 0
 
     # invalid protections
     assert fails(lambda: w.VirtualAlloc(0, 0x1000, w.MEM_RESERVE, 0), 87) == 0
