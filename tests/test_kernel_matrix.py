@@ -33,9 +33,17 @@ def _case(name, classname="tests.test_contract", outcome="passed", message=""):
         classname, name, body)
 
 
-def write_guest_output(outdir, backends, default, cases, pytest_rc=0):
+SKIPPED_TAP = "1..2\nok 1 - scan # SKIP no PAGEMAP_SCAN\nok 2 - reset # SKIP no PAGEMAP_SCAN\n"
+
+
+def write_guest_output(outdir, backends, default, cases, pytest_rc=0,
+                       selftest=(4, SKIPPED_TAP)):
     """What a guest leaves in its output folder."""
     os.makedirs(outdir, exist_ok=True)
+    with open(os.path.join(outdir, "selftest.rc"), "w") as f:
+        f.write("%d\n" % selftest[0])
+    with open(os.path.join(outdir, "selftest.txt"), "w") as f:
+        f.write(selftest[1])
     probe = {"backends": [[n, ok, reason] for n, ok, reason in backends], "default": default}
     if default is None:
         probe["default_error"] = "BackendUnavailable: none"
@@ -75,6 +83,20 @@ def test_a_good_61_run_passes(tmp_path):
     assert row["short"]["pagemap"] == "unavailable"
     assert row["reasons"] == {"pagemap": NO_ASYNC}
     assert row["other"] == "1 passed"
+    assert row["selftest"] == "exit 4: 0 passed, 0 failed, 2 skipped"
+
+
+@pytest.mark.parametrize("rc, tap", [
+    (0, "1..2\nok 1 - scan\nok 2 - reset\n"),            # features found on 6.1?
+    (1, "1..2\nnot ok 1 - scan\nok 2 - reset # SKIP x\n"),
+    (124, ""),                                              # timed out
+])
+def test_selftest_must_skip_on_61(tmp_path, rc, tap):
+    write_guest_output(str(tmp_path), AS_ON_61, "uffd",
+                       cases_for({"uffd", "mprotect", "softdirty"}), selftest=(rc, tap))
+    row = matrix.judge(K61, INFO, str(tmp_path), 0, "", 10.0)
+    assert not row["ok"]
+    assert any("C selftest exited %d" % rc in p for p in row["problems"]), row["problems"]
 
 
 @pytest.mark.parametrize("change, expect", [

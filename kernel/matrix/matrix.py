@@ -53,7 +53,8 @@ deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian
 # backend must have there (both kernels are built with CONFIG_USERFAULTFD and
 # CONFIG_MEM_SOFT_DIRTY; only 6.12 has PAGEMAP_SCAN and WP_ASYNC); "reason":
 # a pattern the reason of an unavailable backend must match; "default": the
-# backend the automatic choice must pick.
+# backend the automatic choice must pick; "selftest": the exit status the C
+# selftest of the kernel contract (writewatch/_bin/ww-selftest) must give.
 KERNELS = [
     {
         "label": "6.1",
@@ -62,6 +63,7 @@ KERNELS = [
         "available": {"pagemap": False, "uffd": True, "mprotect": True, "softdirty": True},
         "reason": {"pagemap": r"WP_ASYNC|PAGEMAP_SCAN"},
         "default": "uffd",
+        "selftest": 4,          # KSFT_SKIP: the contract's features are missing
     },
     {
         "label": "6.12",
@@ -70,6 +72,7 @@ KERNELS = [
         "available": {"pagemap": True, "uffd": True, "mprotect": True, "softdirty": True},
         "reason": {},
         "default": "pagemap",
+        "selftest": 0,
     },
 ]
 
@@ -464,6 +467,9 @@ json.dump(out, sys.stdout)
 """
 
 
+SELFTEST_TIMEOUT = 900      # seconds; ~1 s natively
+
+
 def guest_script(tests, pytest_args):
     """The shell script the guest runs inside the chroot.  Each step's exit
     status goes into a file of its own (no pipes to lose it in)."""
@@ -482,6 +488,8 @@ def guest_script(tests, pytest_args):
         "uname -r > /ww-out/uname.txt",
         "%s -c %s > /ww-out/backends.json 2> /ww-out/backends.err" % (q(python), q(GUEST_PROBE)),
         "echo $? > /ww-out/backends.rc",
+        "timeout %d writewatch/_bin/ww-selftest > /ww-out/selftest.txt 2>&1" % SELFTEST_TIMEOUT,
+        "echo $? > /ww-out/selftest.rc",
         "%s > /ww-out/pytest.txt 2>&1" % " ".join(q(a) for a in pytest),
         "echo $? > /ww-out/pytest.rc",
         "exit 0",
@@ -643,6 +651,14 @@ def judge(kernel, info, outdir, status, note, seconds):
         probe = None
         problems.append("backend probe failed: %s" % read_text(
             os.path.join(outdir, "backends.err")).strip()[-500:])
+    selftest_rc = read_text(os.path.join(outdir, "selftest.rc")).strip()
+    counts = tap_counts(read_text(os.path.join(outdir, "selftest.txt")))
+    row["selftest"] = "exit %s: %s" % (selftest_rc or "?", counts)
+    want = kernel.get("selftest")
+    if want is not None and selftest_rc != str(want):
+        problems.append("C selftest exited %s (%s), expected %d (see %s)" % (
+            selftest_rc or "nothing", counts, want,
+            os.path.relpath(os.path.join(outdir, "selftest.txt"))))
     pytest_rc = read_text(os.path.join(outdir, "pytest.rc")).strip()
     junit = read_junit(os.path.join(outdir, "junit.xml"))
     if pytest_rc == "":
@@ -711,6 +727,22 @@ def judge(kernel, info, outdir, status, note, seconds):
     return row
 
 
+def tap_counts(text):
+    """"N passed, N failed, N skipped" from the selftest's TAP output."""
+    passed = failed = skipped = 0
+    for line in text.splitlines():
+        m = re.match(r"^(not ok|ok)\s+\d+\b(.*)$", line)
+        if not m:
+            continue
+        if m.group(1) == "not ok":
+            failed += 1
+        elif re.search(r"#\s*SKIP\b", m.group(2), re.I):
+            skipped += 1
+        else:
+            passed += 1
+    return "%d passed, %d failed, %d skipped" % (passed, failed, skipped)
+
+
 def counts_text(c):
     s = "%d passed" % c["passed"]
     if c["failed"]:
@@ -736,12 +768,14 @@ def short_cell(ok, avail, counts):
 
 
 def table_markdown(rows):
-    head = ["kernel"] + list(BACKENDS) + ["default backend", "other tests", "result", "time"]
+    head = (["kernel"] + list(BACKENDS) +
+            ["default backend", "other tests", "C selftest", "result", "time"])
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         cells = [r["short"].get(b, "not run") for b in BACKENDS]
         lines.append("| " + " | ".join(
             [r["kernel"]] + cells + [r["default"], r.get("other", "-"),
+                                     r.get("selftest", "-"),
                                      "pass" if r["ok"] else "**FAIL**",
                                      "%.0f s" % r["seconds"]]) + " |")
     return "\n".join(lines) + "\n"
@@ -759,6 +793,7 @@ def print_table(rows):
             out.write("  %-10s %-4s %s\n" % (b, "ok" if ok else "FAIL", text))
         if r.get("other"):
             out.write("  %-10s %-4s %s\n" % ("(other)", "", r["other"]))
+        out.write("  %-15s %s\n" % ("C selftest", r.get("selftest", "-")))
         for p in r["problems"]:
             out.write("  problem: %s\n" % p)
     out.flush()
