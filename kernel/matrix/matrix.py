@@ -478,7 +478,7 @@ def guest_script(tests, pytest_args):
                      "/usr/sbin", "/usr/bin", "/sbin", "/bin"])
     q = shlex.quote
     pytest = [python, "-m", "pytest", "-p", "no:cacheprovider", "-p", "ww_matrix_plugin",
-              "-rA", "--junitxml=/ww-out/junit.xml"] + list(pytest_args) + list(tests)
+              "-rA", "--durations=15", "--junitxml=/ww-out/junit.xml"] + list(pytest_args) + list(tests)
     return "\n".join([
         "#!/bin/sh",
         "export PATH=%s HOME=/root LANG=C.UTF-8 PYTHONUNBUFFERED=1" % q(path),
