@@ -414,6 +414,11 @@ mkdir -p /newroot/ww-out
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=%(msize)d wwout /newroot/ww-out \
     || fail "mount of the output folder failed"
 cp /ww-matrix.sh /newroot/ww-matrix.sh
+# The kernel's own build configuration where tools look for it (the host's
+# /boot has none for this kernel): an overlay write, the host is untouched.
+if [ -f /config ]; then
+    mkdir -p /newroot/boot && cp /config /newroot/boot/config-$(uname -r)
+fi
 echo "ww-matrix: kernel $(uname -r) up, running the tests"
 chroot /newroot /bin/sh /ww-matrix.sh
 rc=$?
@@ -442,6 +447,10 @@ def build_initramfs(info, guest_script, busybox):
     c.file("init", (INIT % {"marker": MARKER, "msize": 512 * 1024, "tmpfs": "1g"}).encode(),
            0o755)
     c.file("ww-matrix.sh", guest_script.encode(), 0o755)
+    config = os.path.join(root, "boot", "config-" + kver)
+    if os.path.exists(config):
+        with open(config, "rb") as f:
+            c.file("config", f.read())
     return c.bytes()
 
 
