@@ -32,5 +32,7 @@ include "_engine.pxi"
 include "_region.pxi"
 include "_registry.pxi"
 include "_pagemap.pxi"
+include "_mprotect.pxi"
 
 _register("pagemap", _PagemapEngine, _probe_pagemap)
+_register("mprotect", _MprotectEngine, _probe_mprotect)
