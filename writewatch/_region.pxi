@@ -310,7 +310,9 @@ cdef class Region:
             raise BufferError("cannot close a Region while %d view(s) of its "
                               "memory exist" % self._exports)
         self._closed = True            # no new call can start
-        while self._busy > 0:          # let calls in other threads finish
+        # Let calls in other threads finish -- but in a forked child those
+        # threads do not exist: a call in flight at fork() never ends there.
+        while self._busy > 0 and self._fork_gen == ww_fork_generation():
             with nogil:
                 sched_yield()
         self._unmap()

@@ -42,6 +42,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
+#include <time.h>
 #include <ucontext.h>
 
 #ifndef PR_SET_VMA
@@ -79,6 +80,9 @@ static int ww_mp_spin;                  /* writers' lock (never taken by the han
 static long ww_mp_vmas;                 /* VMAs added by splits, all regions */
 static long ww_mp_vma_limit = 1L << 62; /* ... may grow to this */
 static uint64_t ww_mp_name_seq;
+static long ww_mp_max_map = 65530;     /* vm.max_map_count when last read */
+static int ww_mp_degraded;              /* a split was refused: budget to be taken again */
+static int64_t ww_mp_refreshed_ns;      /* when it was last taken by a control call */
 
 static struct sigaction ww_mp_prev[2];  /* the handler we chain to, double-buffered */
 static int ww_mp_prev_idx;
@@ -214,7 +218,49 @@ static int ww_mp_widen(struct ww_mp_region *r, size_t i, unsigned prot)
         __atomic_fetch_or(&r->state[k], WW_MP_W, __ATOMIC_ACQ_REL);
     ww_mp_account(r, d);
     __atomic_add_fetch(&ww_mp_nwidened, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&ww_mp_degraded, 1, __ATOMIC_RELAXED);
     return 0;
+}
+
+/* The kernel refused a split (ENOMEM: the process is at vm.max_map_count).
+ * Give back every VMA this region's splits made: each run of pages with one
+ * caller protection that allows writing becomes writable as a whole (whole
+ * VMAs: no split) and counts as written.  No more splits until the budget
+ * is taken again (the next region armed). */
+static int ww_mp_widen_region(struct ww_mp_region *r)
+{
+    size_t a = 0, runs = 0;
+    int failed = 0;
+    long ours = __atomic_load_n(&ww_mp_vmas, __ATOMIC_RELAXED);
+    if (__atomic_load_n(&ww_mp_vma_limit, __ATOMIC_RELAXED) > ours)
+        __atomic_store_n(&ww_mp_vma_limit, ours, __ATOMIC_RELAXED);
+    while (a < r->npages) {
+        unsigned prot = WW_MP_PROT(ww_mp_load(r, a));
+        size_t b = a + 1;
+        while (b < r->npages && WW_MP_PROT(ww_mp_load(r, b)) == prot)
+            b++;
+        runs++;
+        if (prot & PROT_WRITE) {
+            if (ww_mp_mprotect(r, a, b, prot) == 0) {
+                for (size_t k = a; k < b; k++)
+                    __atomic_fetch_or(&r->state[k], WW_MP_W, __ATOMIC_ACQ_REL);
+            } else {
+                failed = 1;
+            }
+        }
+        a = b;
+    }
+    if (!failed)
+        ww_mp_account(r, (long)runs - 1 - __atomic_load_n(&r->splits, __ATOMIC_RELAXED));
+    /* A concurrent protect() may have changed protections under us. */
+    for (size_t k = 0; k < r->npages; k++) {
+        uint8_t now = ww_mp_load(r, k);
+        if ((now & WW_MP_W) && !(WW_MP_PROT(now) & PROT_WRITE))
+            ww_mp_mprotect(r, k, k + 1, WW_MP_PROT(now));
+    }
+    __atomic_add_fetch(&ww_mp_nwidened, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&ww_mp_degraded, 1, __ATOMIC_RELAXED);
+    return failed ? -1 : 0;
 }
 
 /* A write fault at addr: 1 if it was a tracked page's first write and is
@@ -239,9 +285,12 @@ static int ww_mp_resolve(uintptr_t addr)
                 handled = 1;
         } else {
             long d = ww_mp_delta(r, i, i + 1, prot & ~(unsigned)PROT_WRITE, prot);
-            if (!ww_mp_over_budget(d) && ww_mp_mprotect(r, i, i + 1, prot) == 0) {
+            int rc = ww_mp_over_budget(d) ? 1 : ww_mp_mprotect(r, i, i + 1, prot);
+            if (rc == 0) {
                 __atomic_fetch_or(&r->state[i], WW_MP_W, __ATOMIC_ACQ_REL);
                 ww_mp_account(r, d);
+                handled = 1;
+            } else if (rc == -ENOMEM && ww_mp_widen_region(r) == 0) {
                 handled = 1;
             } else if (ww_mp_widen(r, i, prot) == 0) {
                 handled = 1;
@@ -422,16 +471,39 @@ static long ww_mp_read_long(const char *path, long dflt)
 
 /* Budget for our splits: vm.max_map_count, less what the rest of the
  * process maps now, less a margin (an eighth, at least 1024) for what it
- * maps later.  Recomputed whenever a region is armed. */
+ * maps later. */
 static void ww_mp_update_budget(void)
 {
     long max = ww_mp_read_long("/proc/sys/vm/max_map_count", 65530);
+    __atomic_store_n(&ww_mp_max_map, max, __ATOMIC_RELAXED);
     long now = ww_mp_count_vmas();
     long margin = max / 8 > 1024 ? max / 8 : 1024;
     if (now < 0)
         return;
     long ours = __atomic_load_n(&ww_mp_vmas, __ATOMIC_RELAXED);
     __atomic_store_n(&ww_mp_vma_limit, max - margin - (now - ours), __ATOMIC_RELAXED);
+}
+
+/* While degraded, a control call takes the budget again -- at most every
+ * 100 ms, as reading /proc/self/maps near the limit takes milliseconds --
+ * so that tracking becomes exact again once other mappings are gone. */
+static void ww_mp_maybe_refresh(void)
+{
+    struct timespec ts;
+    if (!__atomic_load_n(&ww_mp_degraded, __ATOMIC_RELAXED))
+        return;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    int64_t now = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    int64_t last = __atomic_load_n(&ww_mp_refreshed_ns, __ATOMIC_RELAXED);
+    if (now - last < 100000000 ||
+        !__atomic_compare_exchange_n(&ww_mp_refreshed_ns, &last, now, 0,
+                                     __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        return;
+    ww_mp_update_budget();
+    /* Still no room: stay degraded, and look again later. */
+    if (__atomic_load_n(&ww_mp_vma_limit, __ATOMIC_RELAXED) -
+        __atomic_load_n(&ww_mp_vmas, __ATOMIC_RELAXED) > 256)
+        __atomic_store_n(&ww_mp_degraded, 0, __ATOMIC_RELAXED);
 }
 
 /* ---- the control calls (not in signal context) ------------------------------ */
@@ -467,7 +539,18 @@ static struct ww_mp_region *ww_mp_arm(uintptr_t base, size_t size, size_t page,
     memset(r->state, WW_MP_BYTE(PROT_READ | PROT_WRITE), r->npages);
     pthread_mutex_init(&r->lock, NULL);
 
-    ww_mp_update_budget();
+    /* Reading /proc/self/maps costs milliseconds, so the budget is taken
+     * by the first region and then only while it is tight (a quarter or
+     * less left); later pressure from other mappings shows as ENOMEM from
+     * the kernel, which the handler answers as well. */
+    {
+        static int taken;
+        long room = __atomic_load_n(&ww_mp_vma_limit, __ATOMIC_RELAXED) -
+                    __atomic_load_n(&ww_mp_vmas, __ATOMIC_RELAXED);
+        if (!__atomic_exchange_n(&taken, 1, __ATOMIC_RELAXED) ||
+            room < __atomic_load_n(&ww_mp_max_map, __ATOMIC_RELAXED) / 4)
+            ww_mp_update_budget();
+    }
     /* A name of its own keeps the kernel from merging the region's VMAs
      * with a neighbour's (needs CONFIG_ANON_VMA_NAME; harmless without). */
     {
@@ -566,6 +649,7 @@ static int ww_mp_rearm_run(struct ww_mp_region *r, size_t a, size_t b, unsigned 
     long d = ww_mp_delta(r, a, b, prot, prot & ~(unsigned)PROT_WRITE);
     if (ww_mp_over_budget(d)) {
         __atomic_add_fetch(&ww_mp_nkept, 1, __ATOMIC_RELAXED);
+        __atomic_store_n(&ww_mp_degraded, 1, __ATOMIC_RELAXED);
         return 0;
     }
     for (size_t k = a; k < b; k++)
@@ -576,9 +660,15 @@ static int ww_mp_rearm_run(struct ww_mp_region *r, size_t a, size_t b, unsigned 
         return 0;
     }
     /* The pages stay writable: they must count as written again. */
+    if (rc == -ENOMEM) {
+        long ours = __atomic_load_n(&ww_mp_vmas, __ATOMIC_RELAXED);
+        if (__atomic_load_n(&ww_mp_vma_limit, __ATOMIC_RELAXED) > ours)
+            __atomic_store_n(&ww_mp_vma_limit, ours, __ATOMIC_RELAXED);
+    }
     for (size_t k = a; k < b; k++)
         __atomic_fetch_or(&r->state[k], WW_MP_W, __ATOMIC_ACQ_REL);
     __atomic_add_fetch(&ww_mp_nkept, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&ww_mp_degraded, 1, __ATOMIC_RELAXED);
     return rc == -ENOMEM ? 0 : rc;
 }
 
@@ -611,6 +701,7 @@ static int ww_mp_collect(struct ww_mp_region *r, uintptr_t start, uintptr_t end,
 {
     size_t i = (start - r->base) >> r->shift, e = (end - r->base) >> r->shift;
     int rc = 0;
+    ww_mp_maybe_refresh();
     pthread_mutex_lock(&r->lock);
     while (*n < limit) {
         i = ww_mp_next_written(r, i, e);
@@ -641,6 +732,7 @@ static int ww_mp_reset(struct ww_mp_region *r, uintptr_t start, uintptr_t end,
 {
     size_t i = (start - r->base) >> r->shift, e = (end - r->base) >> r->shift;
     int rc = 0;
+    ww_mp_maybe_refresh();
     pthread_mutex_lock(&r->lock);
     for (;;) {
         i = ww_mp_next_written(r, i, e);
