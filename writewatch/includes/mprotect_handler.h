@@ -280,9 +280,16 @@ static int ww_mp_resolve(uintptr_t addr)
         if (!(prot & PROT_WRITE))
             goto out;                   /* the caller forbade writing: real fault */
         if (b & WW_MP_W) {
-            /* A reset crossed us (W set, protection taken): give it back. */
-            if (ww_mp_mprotect(r, i, i + 1, prot) == 0 || ww_mp_widen(r, i, prot) == 0)
+            /* A reset crossed us (W set, protection taken): give it back,
+             * and set W again after that -- the reset may have cleared it
+             * and re-protected in between, and the retried write must
+             * count. */
+            if (ww_mp_mprotect(r, i, i + 1, prot) == 0) {
+                __atomic_fetch_or(&r->state[i], WW_MP_W, __ATOMIC_ACQ_REL);
                 handled = 1;
+            } else if (ww_mp_widen(r, i, prot) == 0) {
+                handled = 1;
+            }
         } else {
             long d = ww_mp_delta(r, i, i + 1, prot & ~(unsigned)PROT_WRITE, prot);
             int rc = ww_mp_over_budget(d) ? 1 : ww_mp_mprotect(r, i, i + 1, prot);
@@ -334,7 +341,13 @@ static void ww_mp_chain(int sig, siginfo_t *si, void *uctx)
         ww_mp_threads[t].addr = 0;
         ww_mp_threads[t].count = 0;
     }
-    int looping = ww_mp_threads[t].depth > 0       /* chained back into us */
+    /* A handler we chained to and that raise()d the signal again while
+     * still inside: a cycle (faulthandler enabled over us, then us over it).
+     * A fault from the kernel is never such a re-entry; depth may also be
+     * stale after a handler that left by siglongjmp(). */
+    if (kernel)
+        ww_mp_threads[t].depth = 0;
+    int looping = ww_mp_threads[t].depth > 0
                   || (kernel && ww_mp_threads[t].addr == addr &&
                       ww_mp_threads[t].count >= WW_MP_LOOP_MAX);
     int is_default = !(prev.sa_flags & SA_SIGINFO) &&
@@ -344,7 +357,10 @@ static void ww_mp_chain(int sig, siginfo_t *si, void *uctx)
 
     if (looping || is_default) {
         struct sigaction dfl;
-        if (looping)
+        if (looping && ww_mp_threads[t].depth > 0)
+            ww_mp_say("writewatch: SIGSEGV handlers chain back into each other; "
+                      "restoring the default action\n");
+        else if (looping)
             ww_mp_say("writewatch: the previous SIGSEGV handler returned without "
                       "resolving a fault; restoring the default action\n");
         memset(&dfl, 0, sizeof dfl);
