@@ -252,6 +252,50 @@ def test_decommit_clears_written_state_and_contents():
         del v
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_random_operations_against_a_model(seed):
+    """Writes, protection changes, resets, bounded get-and-resets and
+    decommits in random order; the model is what the test did."""
+    rng = random.Random(seed)
+    n = 96
+    with region(n) as r:
+        v = np.frombuffer(r, dtype=np.uint8)
+        prot = [PROT_RW] * n
+        dirty = set()
+        for _ in range(300):
+            op = rng.randrange(6)
+            a = rng.randrange(n)
+            b = rng.randrange(a + 1, min(n, a + 24) + 1)
+            if op <= 1:
+                for p in range(a, b):
+                    if prot[p] == PROT_RW:
+                        v[p * PAGE + rng.randrange(PAGE)] = rng.randrange(1, 256)
+                        dirty.add(p)
+            elif op == 2:
+                new = rng.choice([PROT_NONE, PROT_READ, PROT_RW])
+                r._protect(r.address + a * PAGE, (b - a) * PAGE, new)
+                prot[a:b] = [new] * (b - a)
+            elif op == 3:
+                r.reset_write_watch(r.address + a * PAGE, (b - a) * PAGE)
+                dirty -= set(range(a, b))
+            elif op == 4:
+                m = rng.randrange(1, 8)
+                got = written(r, address=r.address + a * PAGE, size=(b - a) * PAGE,
+                              reset=True, max_count=m)
+                want = sorted(p for p in dirty if a <= p < b)[:m]
+                assert got == want
+                dirty -= set(got)
+            else:
+                r._discard(r.address + a * PAGE, (b - a) * PAGE)
+                dirty -= set(range(a, b))
+            if rng.randrange(8) == 0:
+                assert written(r) == sorted(dirty)
+        r._protect(r.address, n * PAGE, PROT_RW)
+        assert written(r, reset=True) == sorted(dirty)
+        assert written(r) == []
+        del v
+
+
 # -- VMAs: runs coalesce, and the map count is never exhausted ------------------------------
 
 def test_protection_changes_coalesce_into_runs():
@@ -406,7 +450,17 @@ def test_many_writer_threads_against_get_and_reset():
             snap[got] = mem[got]
             return got
 
+        def toggler():
+            # Protection changes on pages nobody writes: not writes, and
+            # no disturbance to the pages around them.
+            rng = random.Random(99)
+            while not stop.is_set():
+                for prot in (PROT_READ, PROT_NONE, PROT_RW):
+                    a = rng.randrange(n - 8, n)
+                    r._protect(base + a * PAGE, (n - a) * PAGE, prot)
+
         threads = [threading.Thread(target=writer, args=(k,)) for k in range(nthreads)]
+        threads.append(threading.Thread(target=toggler))
         for t in threads:
             t.start()
         reported = set()
@@ -417,6 +471,7 @@ def test_many_writer_threads_against_get_and_reset():
             stop.set()
             for t in threads:
                 t.join()
+        r._protect(base + (n - 8) * PAGE, 8 * PAGE, PROT_RW)   # readable again
         reported.update(collect())
         assert collect() == []
         assert reported == set().union(*touched)
