@@ -47,13 +47,21 @@ cdef class _MprotectEngine(Engine):
             ww_mp_release(self.r)
             self.r = NULL
 
+    def __dealloc__(self):
+        # Only if the region never got to detach us: never leave a table
+        # entry for memory that may be mapped again by someone else.
+        if self.r != NULL:
+            ww_mp_detach(self.r)
+            ww_mp_release(self.r)
+            self.r = NULL
+
 
 def _mprotect_stats():
     """Process-wide counters of the mprotect backend, for tests and tuning:
-    faults resolved, faults that made a whole run writable instead of
+    regions tracked now, faults resolved, faults that made a whole run writable instead of
     splitting it, re-arms skipped (over budget or refused by the kernel),
     the estimated VMAs added by splits and the budget for them."""
-    return {"faults": ww_mp_nfaults, "widened": ww_mp_nwidened,
+    return {"regions": ww_mp_regions(), "faults": ww_mp_nfaults, "widened": ww_mp_nwidened,
             "kept_writable": ww_mp_nkept, "split_vmas": ww_mp_vmas,
             "split_budget": ww_mp_vma_limit}
 

@@ -19,6 +19,10 @@ cdef object _index(object value, str name):
                         % (name, type(value).__name__)) from None
 
 
+# no_gc_clear: a Region collected as part of a reference cycle must still
+# have its engine in __dealloc__, to detach and release it (the mprotect
+# engine's table entry, the pagemap engine's userfaultfd).
+@cython.no_gc_clear
 @cython.auto_pickle(False)
 cdef class Region:
     """Anonymous, zero-filled read/write memory whose written pages are tracked.

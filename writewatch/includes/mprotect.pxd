@@ -22,6 +22,7 @@ cdef extern from "mprotect_handler.h" nogil:
     int ww_mp_install()
     int ww_mp_handler_is_current()
     long ww_mp_vmas_in(uintptr_t start, uintptr_t end)
+    long ww_mp_regions()
     void ww_mp_update_budget()
 
     long ww_mp_vmas

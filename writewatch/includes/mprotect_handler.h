@@ -813,6 +813,16 @@ static int ww_mp_protect(struct ww_mp_region *r, uintptr_t start, uintptr_t end,
     return rc;
 }
 
+/* Regions in the table now: for tests. */
+static long ww_mp_regions(void)
+{
+    long n = 0;
+    unsigned hwm = __atomic_load_n(&ww_mp_hwm, __ATOMIC_ACQUIRE);
+    for (unsigned i = 0; i < hwm; i++)
+        n += __atomic_load_n(&ww_mp_table[i], __ATOMIC_ACQUIRE) != NULL;
+    return n;
+}
+
 /* VMAs in [start, end) per /proc/self/maps: for tests. */
 static long ww_mp_vmas_in(uintptr_t start, uintptr_t end)
 {
