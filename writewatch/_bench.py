@@ -1,0 +1,943 @@
+"""`writewatch bench`: every available backend and the raw-C floor on the
+same workloads, in one run, with a table, targets, JSON and a plot.
+
+The workloads are defined once here and shared with the pytest-benchmark
+suite in bench/:
+
+- frame loop: a pre-populated region; each frame writes K random pages
+  (chosen before the clock starts) and makes one get-and-reset;
+- first write: cost per page of the first write after a reset -- the fault
+  each technique takes;
+- clean scan: get-and-reset of a region nothing was written to;
+- max_count: ``get_write_watch(max_count=16)`` on a region whose first 16
+  pages are written -- must not grow with the region's size;
+- sparse: get-and-reset with every other page written (many runs);
+- win32: ``GetWriteWatch`` on a 16-page allocation.
+
+Statistics: the median over repeats for frames, scans and first writes; for
+the microbenchmarks (max_count, win32), the minimum over repeats of the mean
+of a batch of calls.  The machine's noise can only make a number larger, so
+neither statistic flatters: the median ignores stragglers, the minimum is the
+best case the code can reach.
+"""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+import writewatch
+from writewatch import _core
+
+KiB = 1 << 10
+MiB = 1 << 20
+GiB = 1 << 30
+PAGE = _core.PAGE_SIZE
+
+# Which C-floor fault technique stands for which backend.
+FLOOR_TECH = {"pagemap": "uffd-async", "uffd": "uffd-sync", "mprotect": "mprotect"}
+
+
+# ---------------------------------------------------------------------------
+# Plans: which sizes and fractions a run covers.
+
+class Plan:
+    def __init__(self, name, frame_sizes, fractions, frame_full_max, clean_sizes,
+                 limit_sizes, sparse_sizes, fault_pages, budget, min_reps, batch):
+        self.name = name
+        self.frame_sizes = frame_sizes
+        self.fractions = fractions
+        # 100 % written is only run up to this size (it is all faults).
+        self.frame_full_max = frame_full_max
+        self.clean_sizes = clean_sizes
+        self.limit_sizes = limit_sizes
+        self.sparse_sizes = sparse_sizes
+        self.fault_pages = fault_pages
+        self.budget = budget          # seconds per measured configuration
+        self.min_reps = min_reps
+        self.batch = batch            # calls per timed batch (microbenchmarks)
+
+    def frames(self):
+        for size in self.frame_sizes:
+            for frac in self.fractions:
+                if frac >= 1.0 and size > self.frame_full_max:
+                    continue
+                yield size, frac
+
+
+FRACTIONS = (0.001, 0.01, 0.1, 1.0)
+
+PLANS = {
+    "tiny": Plan("tiny", [1 * MiB, 4 * MiB], (0.01, 1.0), 4 * MiB,
+                 [1 * MiB, 4 * MiB], [64 * KiB, 16 * MiB], [1 * MiB], 64,
+                 budget=0.01, min_reps=2, batch=20),
+    "quick": Plan("quick", [1 * MiB, 16 * MiB, 256 * MiB], FRACTIONS, 16 * MiB,
+                  [1 * MiB, 64 * MiB, 1 * GiB, 4 * GiB], [64 * KiB, 4 * GiB],
+                  [64 * MiB], 4096, budget=0.12, min_reps=3, batch=200),
+    "full": Plan("full", [1 * MiB, 16 * MiB, 256 * MiB, 1 * GiB], FRACTIONS, 1 * GiB,
+                 [1 * MiB, 16 * MiB, 256 * MiB, 1 * GiB, 4 * GiB],
+                 [64 * KiB, 16 * MiB, 1 * GiB, 4 * GiB], [64 * MiB, 256 * MiB],
+                 16384, budget=1.0, min_reps=5, batch=1000),
+}
+
+
+def written_pages(size, fraction):
+    """Pages written per frame: at least one."""
+    return max(1, int(round(size // PAGE * fraction)))
+
+
+def fmt_size(n):
+    for unit, scale in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n >= scale and n % scale == 0:
+            return "%d %s" % (n // scale, unit)
+    return "%d B" % n
+
+
+def fmt_fraction(f):
+    return ("%g%%" % (f * 100))
+
+
+def fmt_ns(ns):
+    if ns is None:
+        return "-"
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
+        if ns >= scale:
+            return "%.3g %s" % (ns / scale, unit)
+    return "%.3g ns" % ns
+
+
+# ---------------------------------------------------------------------------
+# Workloads on the library.  Each returns a list of times in ns (one per
+# repeat, per the workload's unit) and checks its own answers: a backend that
+# reports the wrong pages fails the benchmark instead of looking fast.
+
+class BenchError(Exception):
+    """A workload got a wrong answer from a backend."""
+
+
+class Memory:
+    """A Region and a writable uint8 numpy view of it."""
+
+    def __init__(self, size, backend):
+        self.region = writewatch.Region(size, backend=backend)
+        self.u8 = np.frombuffer(self.region, dtype=np.uint8)
+        self.npages = self.region.size // PAGE
+
+    def populate(self):
+        """Write every page once, then reset: pages present, nothing written."""
+        self.u8[::PAGE] = 1
+        self.region.reset_write_watch()
+
+    def close(self):
+        self.u8 = None
+        self.region.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _repeat(step, budget, min_reps, max_reps=100000):
+    """Call step() (which returns ns) until `budget` seconds have passed and
+    at least min_reps times."""
+    times = []
+    deadline = time.perf_counter() + budget
+    while len(times) < min_reps or (time.perf_counter() < deadline and len(times) < max_reps):
+        times.append(step())
+    return times
+
+
+class FrameLoop:
+    """The game-engine frame: write K random pages, one get-and-reset."""
+
+    # Page choices are drawn up front, a pool of frames' worth, so that
+    # nothing but an index moves between two timed frames (as in the C
+    # floor, whose per-frame choice touches only K words).
+    POOL_WORDS = 1 << 22
+
+    def __init__(self, backend, size, k, seed=12345):
+        self.mem = Memory(size, backend)
+        self.k = k
+        rng = np.random.default_rng(seed)
+        pool = max(1, min(32, self.POOL_WORDS // k))
+        self.pool = [rng.choice(self.mem.npages, k, replace=False).astype(np.intp) * PAGE
+                     for _ in range(pool)]
+        self.mem.populate()
+        self.offsets = None
+        self.frames = 0
+        self.value = 1
+
+    def prepare(self):
+        """Choose this frame's pages (outside the timed part)."""
+        self.offsets = self.pool[self.frames % len(self.pool)]
+        self.frames += 1
+        self.value = (self.value + 1) & 0xFF or 1
+
+    def frame(self):
+        self.mem.u8[self.offsets] = self.value
+        return self.mem.region.get_write_watch(reset=True)
+
+    def check(self, got):
+        if len(got) != self.k:
+            raise BenchError("%s: wrote %d pages, get_write_watch reported %d"
+                             % (self.mem.region.backend, self.k, len(got)))
+
+    def measure(self, budget, min_reps):
+        def step():
+            self.prepare()
+            t0 = time.perf_counter_ns()
+            got = self.frame()
+            t1 = time.perf_counter_ns()
+            self.check(got)
+            return t1 - t0
+        return _repeat(step, budget, min_reps)
+
+    def close(self):
+        self.mem.close()
+
+
+class FirstWrite:
+    """Every page of a populated, reset region written once, ascending."""
+
+    def __init__(self, backend, pages):
+        self.mem = Memory(pages * PAGE, backend)
+        self.mem.populate()
+        self.value = 1
+
+    def prepare(self):
+        self.mem.region.reset_write_watch()
+        self.value = (self.value + 1) & 0xFF or 1
+
+    def write(self):
+        self.mem.u8[::PAGE] = self.value
+
+    def measure(self, budget, min_reps):
+        n = self.mem.npages
+
+        def step():
+            self.prepare()
+            t0 = time.perf_counter_ns()
+            self.write()
+            t1 = time.perf_counter_ns()
+            return (t1 - t0) / n
+        times = _repeat(step, budget, min_reps)
+        got = self.mem.region.get_write_watch()
+        if len(got) != n:
+            raise BenchError("%s: wrote %d pages, get_write_watch reported %d"
+                             % (self.mem.region.backend, n, len(got)))
+        return times
+
+    def close(self):
+        self.mem.close()
+
+
+class CleanScan:
+    """get-and-reset of a region nothing was written to."""
+
+    def __init__(self, backend, size):
+        self.region = writewatch.Region(size, backend=backend)
+
+    def call(self):
+        return self.region.get_write_watch(reset=True)
+
+    def measure(self, budget, min_reps):
+        def step():
+            t0 = time.perf_counter_ns()
+            got = self.call()
+            t1 = time.perf_counter_ns()
+            if len(got):
+                raise BenchError("%s: clean region reported %d written pages"
+                                 % (self.region.backend, len(got)))
+            return t1 - t0
+        return _repeat(step, budget, min_reps)
+
+    def close(self):
+        self.region.close()
+
+
+class LimitCall:
+    """get_write_watch(max_count=COUNT) (no reset) with the first COUNT pages
+    written: the walk must stop near them, whatever the region's size."""
+
+    def __init__(self, backend, size, count=16):
+        self.mem = Memory(size, backend)
+        self.count = count
+        self.mem.u8[:count * PAGE:PAGE] = 1
+        self.expect = self.mem.region.address + PAGE * np.arange(count, dtype=np.uint64)
+
+    def call(self):
+        return self.mem.region.get_write_watch(max_count=self.count)
+
+    def measure(self, budget, min_reps, batch):
+        got = self.call()
+        if not np.array_equal(got, self.expect):
+            raise BenchError("%s: max_count=%d returned %d pages, not the first %d"
+                             % (self.mem.region.backend, self.count, len(got), self.count))
+        call = self.call
+        rng = range(batch)
+
+        def step():
+            t0 = time.perf_counter_ns()
+            for _ in rng:
+                call()
+            return (time.perf_counter_ns() - t0) / batch
+        return _repeat(step, budget, min_reps)
+
+    def close(self):
+        self.mem.close()
+
+
+class Sparse:
+    """get-and-reset with every other page written (writes outside the clock)."""
+
+    def __init__(self, backend, size):
+        self.mem = Memory(size, backend)
+        self.mem.populate()
+        self.expect = (self.mem.npages + 1) // 2
+        self.value = 1
+
+    def prepare(self):
+        self.value = (self.value + 1) & 0xFF or 1
+        self.mem.u8[::2 * PAGE] = self.value
+
+    def call(self):
+        return self.mem.region.get_write_watch(reset=True)
+
+    def measure(self, budget, min_reps):
+        def step():
+            self.prepare()
+            t0 = time.perf_counter_ns()
+            got = self.call()
+            t1 = time.perf_counter_ns()
+            if len(got) != self.expect:
+                raise BenchError("%s: %d pages written, %d reported"
+                                 % (self.mem.region.backend, self.expect, len(got)))
+            return t1 - t0
+        return _repeat(step, budget, min_reps)
+
+    def close(self):
+        self.mem.close()
+
+
+class Win32Call:
+    """GetWriteWatch (no reset) on a 16-page MEM_WRITE_WATCH allocation with
+    4 pages written.  The allocation takes its backend from
+    WRITEWATCH_BACKEND, as the win32 layer defines."""
+
+    def __init__(self, backend, pages=16):
+        import ctypes
+        from writewatch import win32
+        self.w = win32
+        self.size = pages * PAGE
+        saved = os.environ.get("WRITEWATCH_BACKEND")
+        os.environ["WRITEWATCH_BACKEND"] = backend
+        try:
+            self.base = win32.VirtualAlloc(
+                0, self.size, win32.MEM_RESERVE | win32.MEM_COMMIT | win32.MEM_WRITE_WATCH,
+                win32.PAGE_READWRITE)
+        finally:
+            if saved is None:
+                del os.environ["WRITEWATCH_BACKEND"]
+            else:
+                os.environ["WRITEWATCH_BACKEND"] = saved
+        if not self.base:
+            raise BenchError("VirtualAlloc failed with error %d" % win32.GetLastError())
+        for i in (0, 3, 7, 15):
+            ctypes.memset(self.base + i * PAGE, 1, 1)
+        self.addresses = np.zeros(pages, dtype=np.uint64)
+        self.pages = pages
+
+    def call(self):
+        return self.w.GetWriteWatch(0, self.base, self.size, self.addresses, self.pages)
+
+    def measure(self, budget, min_reps, batch):
+        result, count, gran = self.call()
+        if result != 0 or count != 4 or gran != PAGE:
+            raise BenchError("GetWriteWatch returned (%r, %r, %r), expected (0, 4, %d)"
+                             % (result, count, gran, PAGE))
+        call = self.call
+        rng = range(batch)
+
+        def step():
+            t0 = time.perf_counter_ns()
+            for _ in rng:
+                call()
+            return (time.perf_counter_ns() - t0) / batch
+        return _repeat(step, budget, min_reps)
+
+    def close(self):
+        self.w.VirtualFree(self.base, 0, self.w.MEM_RELEASE)
+
+
+def win32_unavailable():
+    """None if writewatch.win32 can be used, else why not."""
+    try:
+        from writewatch import win32  # noqa: F401
+    except ImportError as e:
+        return "writewatch.win32 not importable: %s" % e
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The C floor.
+
+def floor_path():
+    """Path of the ww-floor program shipped in the package, or None."""
+    override = os.environ.get("WRITEWATCH_FLOOR")
+    if override:
+        return override
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bin", "ww-floor")
+    return path if os.access(path, os.X_OK) else None
+
+
+def run_floor(workloads, budget, min_reps, timeout=600):
+    """Run ww-floor on workload specs; returns (list of result dicts, error or None)."""
+    path = floor_path()
+    if path is None:
+        return [], ("C floor not built: writewatch/_bin/ww-floor is missing "
+                    "(python setup.py build_ext --inplace builds it)")
+    cmd = [path, "--budget-ms", "%g" % (budget * 1000), "--min-reps", str(min_reps)]
+    try:
+        p = subprocess.run(cmd + list(workloads), capture_output=True, text=True,
+                           timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return [], "C floor failed to run: %s" % e
+    results = []
+    for line in p.stdout.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            results.append(json.loads(line))
+    err = None
+    if p.returncode not in (0, 1):
+        err = "C floor exited with status %d: %s" % (p.returncode, p.stderr.strip())
+    return results, err
+
+
+# ---------------------------------------------------------------------------
+# One run.
+
+class Progress:
+    """A one-line progress display on stderr, only when it is a terminal."""
+
+    def __init__(self, total, stream=None, enabled=None):
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.total = total
+        self.done = 0
+        self.start = time.monotonic()
+
+    def step(self, what):
+        self.done += 1
+        if self.enabled:
+            self.stream.write("\r\033[K[%d/%d %4.0fs] %s"
+                              % (self.done, self.total, time.monotonic() - self.start, what))
+            self.stream.flush()
+
+    def finish(self):
+        if self.enabled:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def _record(results, workload, backend, unit, times, stat, **params):
+    arr = np.asarray(times, dtype=float)
+    value = float(np.median(arr)) if stat == "median" else float(arr.min())
+    rec = dict(workload=workload, backend=backend, unit=unit, n=len(times),
+               statistic=stat, value_ns=value, median_ns=float(np.median(arr)),
+               min_ns=float(arr.min()))
+    rec.update(params)
+    results.append(rec)
+    return rec
+
+
+def machine_info():
+    u = platform.uname()
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"kernel": "%s %s" % (u.system, u.release), "machine": u.machine,
+            "cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__, "writewatch": writewatch.__version__,
+            "page_size": PAGE}
+
+
+def collect(plan, backends=None, progress=None, with_floor=True):
+    """Run every workload of `plan` on every available backend (or those
+    named) and the C floor.  Returns a dict (the --json document)."""
+    infos = writewatch.backends()
+    if backends:
+        known = {b.name for b in infos}
+        for name in backends:
+            if name not in known:
+                raise ValueError("unknown backend %r; known: %s"
+                                 % (name, ", ".join(sorted(known))))
+        infos = [b for b in infos if b.name in backends]
+    names = [b.name for b in infos if b.available]
+    win32_missing = win32_unavailable()
+
+    frames = list(plan.frames())
+    steps = len(names) * (len(frames) + 1 + len(plan.clean_sizes) + len(plan.limit_sizes)
+                          + len(plan.sparse_sizes) + (0 if win32_missing else 1))
+    prog = progress or Progress(steps + (1 if with_floor else 0))
+    results = []
+    errors = []
+
+    def guarded(label, fn):
+        prog.step(label)
+        try:
+            fn()
+        except (BenchError, OSError, MemoryError, writewatch.WriteWatchError) as e:
+            errors.append({"workload": label, "error": "%s: %s" % (type(e).__name__, e)})
+
+    for name in names:
+        for size, frac in frames:
+            k = written_pages(size, frac)
+
+            def run_frame(name=name, size=size, frac=frac, k=k):
+                loop = FrameLoop(name, size, k)
+                try:
+                    times = loop.measure(plan.budget, plan.min_reps)
+                finally:
+                    loop.close()
+                _record(results, "frame", name, "frame", times, "median",
+                        size=size, fraction=frac, written=k)
+            guarded("frame %s %s %s" % (name, fmt_size(size), fmt_fraction(frac)), run_frame)
+
+        def run_fault(name=name):
+            fw = FirstWrite(name, plan.fault_pages)
+            try:
+                times = fw.measure(plan.budget, plan.min_reps)
+            finally:
+                fw.close()
+            _record(results, "fault", name, "page", times, "median", pages=plan.fault_pages)
+        guarded("first write %s" % name, run_fault)
+
+        for size in plan.clean_sizes:
+            def run_clean(name=name, size=size):
+                cs = CleanScan(name, size)
+                try:
+                    times = cs.measure(plan.budget, plan.min_reps)
+                finally:
+                    cs.close()
+                _record(results, "clean", name, "call", times, "median", size=size)
+            guarded("clean scan %s %s" % (name, fmt_size(size)), run_clean)
+
+        for size in plan.limit_sizes:
+            def run_limit(name=name, size=size):
+                lc = LimitCall(name, size, 16)
+                try:
+                    times = lc.measure(plan.budget, plan.min_reps, plan.batch)
+                finally:
+                    lc.close()
+                _record(results, "limit", name, "call", times, "min", size=size,
+                        max_count=16)
+            guarded("max_count=16 %s %s" % (name, fmt_size(size)), run_limit)
+
+        for size in plan.sparse_sizes:
+            def run_sparse(name=name, size=size):
+                sp = Sparse(name, size)
+                try:
+                    times = sp.measure(plan.budget, plan.min_reps)
+                finally:
+                    sp.close()
+                _record(results, "sparse", name, "call", times, "median", size=size,
+                        written=sp.expect)
+            guarded("sparse %s %s" % (name, fmt_size(size)), run_sparse)
+
+        if not win32_missing:
+            def run_win32(name=name):
+                wc = Win32Call(name)
+                try:
+                    times = wc.measure(plan.budget, plan.min_reps, plan.batch)
+                finally:
+                    wc.close()
+                _record(results, "win32", name, "call", times, "min", pages=16)
+            guarded("win32 GetWriteWatch %s" % name, run_win32)
+
+    floor, floor_error = [], None
+    if with_floor:
+        prog.step("C floor")
+        specs = ["frame:%d:%d" % (s, written_pages(s, f)) for s, f in frames]
+        specs += ["fault:%s:%d" % (t, plan.fault_pages)
+                  for t in ("uffd-async", "uffd-sync", "mprotect", "none")]
+        specs += ["clean:%d" % s for s in plan.clean_sizes]
+        specs += ["limit:%d:16" % s for s in plan.limit_sizes]
+        specs += ["sparse:%d" % s for s in plan.sparse_sizes]
+        floor, floor_error = run_floor(specs, plan.budget, plan.min_reps)
+        for rec in floor:
+            if "error" in rec:
+                errors.append({"workload": "C floor " + rec["workload"], "error": rec["error"]})
+            if "median_ns" in rec:
+                rec["backend"] = "floor"
+                rec["statistic"] = "median"
+                rec["value_ns"] = rec["median_ns"]
+                if "written" in rec and rec["workload"] == "frame":
+                    rec["fraction"] = _fraction_of(rec, frames)
+        if floor_error:
+            errors.append({"workload": "C floor", "error": floor_error})
+    prog.finish()
+
+    doc = {
+        "mode": plan.name,
+        "machine": machine_info(),
+        "backends": [dict(name=b.name, available=b.available, reason=b.reason)
+                     for b in infos],
+        "win32": win32_missing or "available",
+        "floor": floor_error or floor_path(),
+        "statistics": {"frame": "median", "fault": "median", "clean": "median",
+                       "sparse": "median", "limit": "min of batch means",
+                       "win32": "min of batch means"},
+        "results": results + [r for r in floor if "median_ns" in r],
+        "skipped": [r for r in floor if "skip" in r],
+        "errors": errors,
+    }
+    doc["targets"] = evaluate_targets(doc)
+    return doc
+
+
+def _fraction_of(rec, frames):
+    for size, frac in frames:
+        if size == rec["size"] and written_pages(size, frac) == rec["written"]:
+            return frac
+    return rec["written"] / (rec["size"] // PAGE)
+
+
+# ---------------------------------------------------------------------------
+# Lookups, targets.
+
+def find(doc, workload, backend, **params):
+    for r in doc["results"]:
+        if r["workload"] != workload or r["backend"] != backend:
+            continue
+        if workload == "fault" and backend == "floor":
+            if r.get("tech") != params.get("tech"):
+                continue
+            return r
+        if all(r.get(k) == v for k, v in params.items() if k != "tech"):
+            return r
+    return None
+
+
+def _value(doc, workload, backend, **params):
+    r = find(doc, workload, backend, **params)
+    return None if r is None else r["value_ns"]
+
+
+def _backend_reason(doc, name):
+    for b in doc["backends"]:
+        if b["name"] == name:
+            return None if b["available"] else "%s unavailable: %s" % (name, b["reason"])
+    return "%s not benchmarked" % name
+
+
+def evaluate_targets(doc):
+    """The issue's targets, each with the measured ratio and met / missed /
+    None (not measured, with why)."""
+    targets = []
+
+    def add(name, goal, measured, ok, why=None, detail=""):
+        targets.append(dict(target=name, goal=goal, measured=measured,
+                            met=ok, why=why, detail=detail))
+
+    def ratio_target(name, goal_text, num, den, limit, faster, why_parts, detail_fmt):
+        """faster: need num/den >= limit; else need num/den <= limit."""
+        if num is None or den is None:
+            why = next((w for w in why_parts if w), None) or "not measured in this mode"
+            add(name, goal_text, None, None, why)
+            return
+        ratio = num / den
+        ok = ratio >= limit if faster else ratio <= limit
+        add(name, goal_text, ratio, ok, None, detail_fmt % (fmt_ns(num), fmt_ns(den)))
+
+    f256 = dict(size=256 * MiB, fraction=0.01)
+    pm = _value(doc, "frame", "pagemap", **f256)
+    ratio_target("frame loop 256 MiB 1%: pagemap vs mprotect", ">= 5x faster",
+                 _value(doc, "frame", "mprotect", **f256), pm, 5.0, True,
+                 [_backend_reason(doc, "mprotect"), _backend_reason(doc, "pagemap")],
+                 "mprotect %s, pagemap %s per frame")
+    ratio_target("frame loop 256 MiB 1%: pagemap vs uffd", ">= 20x faster",
+                 _value(doc, "frame", "uffd", **f256), pm, 20.0, True,
+                 [_backend_reason(doc, "uffd"), _backend_reason(doc, "pagemap")],
+                 "uffd %s, pagemap %s per frame")
+    ratio_target("frame loop 256 MiB 1%: pagemap vs C floor", "<= 1.3x",
+                 pm, _value(doc, "frame", "floor", **f256), 1.3, False,
+                 [_backend_reason(doc, "pagemap"), doc["floor"] if "C floor" in str(doc["floor"])
+                  else None],
+                 "pagemap %s, floor %s per frame")
+    ratio_target("clean get-and-reset 1 GiB: pagemap vs C floor", "<= 1.2x",
+                 _value(doc, "clean", "pagemap", size=GiB),
+                 _value(doc, "clean", "floor", size=GiB), 1.2, False,
+                 [_backend_reason(doc, "pagemap")], "pagemap %s, floor %s per call")
+    ratio_target("max_count=16: pagemap 4 GiB vs 64 KiB", "<= 3x",
+                 _value(doc, "limit", "pagemap", size=4 * GiB),
+                 _value(doc, "limit", "pagemap", size=64 * KiB), 3.0, False,
+                 [_backend_reason(doc, "pagemap")], "4 GiB %s, 64 KiB %s per call")
+    w = _value(doc, "win32", "pagemap")
+    if w is None:
+        add("win32 GetWriteWatch, 16 pages (pagemap)", "< 5 us per call", None, None,
+            doc["win32"] if doc["win32"] != "available" else
+            (_backend_reason(doc, "pagemap") or "not measured"))
+    else:
+        add("win32 GetWriteWatch, 16 pages (pagemap)", "< 5 us per call", w, w < 5000,
+            None, "%s per call" % fmt_ns(w))
+    return targets
+
+
+# ---------------------------------------------------------------------------
+# Output.
+
+def _table(header, rows, out):
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w)
+                     for i, (h, w) in enumerate(zip(header, widths)))
+    out.write("  " + line + "\n")
+    out.write("  " + "  ".join("-" * w for w in widths) + "\n")
+    for row in rows:
+        out.write("  " + "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                                   for i, (c, w) in enumerate(zip(row, widths))) + "\n")
+
+
+def _ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "-"
+    return "%.2fx" % (a / b)
+
+
+def print_report(doc, out=None):
+    out = out or sys.stdout
+    m = doc["machine"]
+    out.write("writewatch bench (%s): %s %s, %s, %d CPUs, Python %s, numpy %s\n"
+              % (doc["mode"], m["kernel"], m["machine"], m["cpu"] or "unknown CPU",
+                 m["cpus"] or 0, m["python"], m["numpy"]))
+    names = []
+    for b in doc["backends"]:
+        out.write("  backend %-9s %s\n" % (b["name"], "available" if b["available"]
+                                            else "skipped: " + b["reason"]))
+        if b["available"]:
+            names.append(b["name"])
+    out.write("  C floor          %s\n" % doc["floor"])
+    out.write("  win32            %s\n" % doc["win32"])
+    for s in doc["skipped"]:
+        out.write("  C floor skipped %s: %s\n" % (s["workload"], s["skip"]))
+    out.write("  statistic: median of repeats (frame, first write, scans); minimum "
+              "of batch means (max_count, win32)\n")
+    cols = ["floor"] + names
+    ratio_cols = []
+    if "pagemap" in names:
+        ratio_cols.append(("pagemap/floor", "pagemap", "floor"))
+        ratio_cols += [("%s/pagemap" % n, n, "pagemap") for n in names if n != "pagemap"]
+    else:
+        ratio_cols += [("%s/floor" % n, n, "floor") for n in names]
+
+    def section(title, keyfn, rowlabel, workload, keys):
+        rows = []
+        for key in keys:
+            vals = {c: _value(doc, workload, c, **key) for c in cols}
+            if all(v is None for v in vals.values()):
+                continue
+            rows.append([rowlabel(key)] + [fmt_ns(vals[c]) for c in cols]
+                        + [_ratio(vals[a], vals[b]) for _, a, b in ratio_cols])
+        if rows:
+            out.write("\n%s\n" % title)
+            _table([keyfn] + ["C floor"] + names + [r[0] for r in ratio_cols], rows, out)
+
+    frame_keys = []
+    seen = set()
+    for r in doc["results"]:
+        if r["workload"] == "frame":
+            k = (r["size"], r["fraction"])
+            if k not in seen:
+                seen.add(k)
+                frame_keys.append(dict(size=r["size"], fraction=r["fraction"]))
+    frame_keys.sort(key=lambda k: (k["size"], k["fraction"]))
+    section("Frame loop: write K random pages, then one get-and-reset (time per frame)",
+            "size, written", lambda k: "%s, %s" % (fmt_size(k["size"]),
+                                                    fmt_fraction(k["fraction"])),
+            "frame", frame_keys)
+
+    def keys_for(workload):
+        return [dict(size=s) for s in sorted({r["size"] for r in doc["results"]
+                                              if r["workload"] == workload})]
+    section("Clean scan: get-and-reset with nothing written (time per call)",
+            "size", lambda k: fmt_size(k["size"]), "clean", keys_for("clean"))
+    # per clean GiB, from the largest size measured
+    clean_sizes = [k["size"] for k in keys_for("clean")]
+    if clean_sizes:
+        big = max(clean_sizes)
+        parts = []
+        for c in cols:
+            v = _value(doc, "clean", c, size=big)
+            if v is not None:
+                parts.append("%s %s" % ("C floor" if c == "floor" else c,
+                                        fmt_ns(v * GiB / big)))
+        out.write("  per clean GiB scanned (from %s): %s\n" % (fmt_size(big), ", ".join(parts)))
+    section("max_count=16 with the first 16 pages written, no reset (time per call; "
+            "the C floor is one raw ioctl with max_pages=16)",
+            "region size", lambda k: fmt_size(k["size"]), "limit", keys_for("limit"))
+    section("Sparse: every other page written, one get-and-reset (time per call)",
+            "size", lambda k: fmt_size(k["size"]), "sparse", keys_for("sparse"))
+
+    rows = []
+    floor_none = _value(doc, "fault", "floor", tech="none")
+    for n in names:
+        lib = _value(doc, "fault", n)
+        fl = _value(doc, "fault", "floor", tech=FLOOR_TECH.get(n))
+        rows.append([n, fmt_ns(lib), "%s (%s)" % (fmt_ns(fl), FLOOR_TECH.get(n, "-")),
+                     _ratio(lib, fl), _ratio(lib, _value(doc, "fault", "pagemap"))])
+    if rows:
+        out.write("\nFirst write after a reset (time per page; a plain write to a "
+                  "writable page costs %s)\n" % fmt_ns(floor_none))
+        _table(["backend", "library", "C floor (technique)", "lib/floor", "vs pagemap"],
+               rows, out)
+
+    rows = [[n, fmt_ns(_value(doc, "win32", n))] for n in names
+            if _value(doc, "win32", n) is not None]
+    if rows:
+        out.write("\nwin32 GetWriteWatch on a 16-page allocation, 4 pages written "
+                  "(time per call)\n")
+        _table(["backend", "per call"], rows, out)
+
+    out.write("\nTargets\n")
+    for t in doc["targets"]:
+        state = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
+        if t["met"] is None:
+            measured = t["why"]
+        elif "us per call" in t["goal"]:
+            measured = t["detail"]
+        else:
+            measured = "%.2fx (%s)" % (t["measured"], t["detail"])
+        out.write("  [%-6s] %s, goal %s: %s\n" % (state, t["target"], t["goal"], measured))
+    if doc["errors"]:
+        out.write("\nErrors\n")
+        for e in doc["errors"]:
+            out.write("  %s: %s\n" % (e["workload"], e["error"]))
+
+
+PLOT_HINT = ("--plot needs matplotlib, which writewatch does not install by "
+             "default: pip install writewatch[plot]")
+
+
+def plot(doc, path):
+    """Write a PNG: frame time against region size (1% written) and against
+    written fraction (largest size), clean scan against size; log scales,
+    one line per backend and the C floor."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [b["name"] for b in doc["backends"] if b["available"]] + ["floor"]
+    frames = [r for r in doc["results"] if r["workload"] == "frame"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    m = doc["machine"]
+    fig.suptitle("writewatch bench (%s) - %s %s, %d CPUs"
+                 % (doc["mode"], m["kernel"], m["machine"], m["cpus"] or 0))
+    fractions = sorted({r["fraction"] for r in frames})
+    frac = 0.01 if 0.01 in fractions else (fractions[0] if fractions else None)
+    sizes = sorted({r["size"] for r in frames})
+    big = sizes[-1] if sizes else None
+    ax = axes[0]
+    for n in names:
+        pts = sorted((r["size"], r["value_ns"]) for r in frames
+                     if r["backend"] == n and r["fraction"] == frac)
+        if pts:
+            ax.plot([p[0] / MiB for p in pts], [p[1] / 1e3 for p in pts], "o-",
+                    label="C floor" if n == "floor" else n)
+    ax.set(xscale="log", yscale="log", xlabel="region size (MiB)",
+           ylabel="time per frame (us)",
+           title="frame loop, %s written" % (fmt_fraction(frac) if frac else "-"))
+    ax = axes[1]
+    for n in names:
+        pts = sorted((r["fraction"], r["value_ns"]) for r in frames
+                     if r["backend"] == n and r["size"] == big)
+        if pts:
+            ax.plot([p[0] * 100 for p in pts], [p[1] / 1e3 for p in pts], "o-",
+                    label="C floor" if n == "floor" else n)
+    ax.set(xscale="log", yscale="log", xlabel="pages written per frame (%)",
+           ylabel="time per frame (us)",
+           title="frame loop, %s region" % (fmt_size(big) if big else "-"))
+    ax = axes[2]
+    for n in names:
+        pts = sorted((r["size"], r["value_ns"]) for r in doc["results"]
+                     if r["workload"] == "clean" and r["backend"] == n)
+        if pts:
+            ax.plot([p[0] / MiB for p in pts], [p[1] / 1e3 for p in pts], "o-",
+                    label="C floor" if n == "floor" else n)
+    ax.set(xscale="log", yscale="log", xlabel="region size (MiB)",
+           ylabel="time per call (us)", title="clean get-and-reset")
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------
+# Command line.
+
+def add_arguments(parser):
+    parser.description = (
+        "Run every available backend and the raw-C floor on the same workloads "
+        "(frame loop, first write, clean scan, max_count, sparse, win32) and "
+        "print a table with ratios and the project's targets.")
+    g = parser.add_mutually_exclusive_group()
+    g.add_argument("--full", action="store_true",
+                   help="the long version: more sizes (up to 1 GiB frames, 4 GiB scans) "
+                        "and longer repeats (several minutes)")
+    g.add_argument("--tiny", action="store_true", help=argparse_suppress())
+    parser.add_argument("--json", action="store_true",
+                        help="print the results as one JSON document instead of the table")
+    parser.add_argument("--plot", metavar="FILE",
+                        help="also write a PNG plot (needs matplotlib: "
+                             "pip install writewatch[plot])")
+    parser.add_argument("--backend", action="append", metavar="NAME",
+                        help="benchmark only this backend (repeatable)")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the C floor")
+
+
+def argparse_suppress():
+    import argparse
+    return argparse.SUPPRESS
+
+
+def run(args):
+    mode = ("full" if getattr(args, "full", False) else
+            "tiny" if getattr(args, "tiny", False) or os.environ.get("WRITEWATCH_BENCH_TINY")
+            else "quick")
+    plot_path = getattr(args, "plot", None)
+    if plot_path:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            sys.stderr.write("writewatch bench: %s\n" % PLOT_HINT)
+            return 2
+    try:
+        doc = collect(PLANS[mode], backends=getattr(args, "backend", None),
+                      with_floor=not getattr(args, "no_floor", False))
+    except ValueError as e:
+        sys.stderr.write("writewatch bench: %s\n" % e)
+        return 2
+    if getattr(args, "json", False):
+        json.dump(doc, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print_report(doc)
+    if plot_path:
+        plot(doc, plot_path)
+        if not getattr(args, "json", False):
+            sys.stdout.write("\nplot written to %s\n" % plot_path)
+    return 1 if doc["errors"] else 0
