@@ -38,6 +38,13 @@ MiB = 1 << 20
 GiB = 1 << 30
 PAGE = _core.PAGE_SIZE
 
+# The statistic each workload reports.  Frames and first writes take page
+# faults, whose cost varies from one repeat to the next: the median.  The
+# scans and calls redo identical work each time, and a shared machine can
+# only add to it: the minimum (of single calls, or of batch means).
+STATISTIC = {"frame": "median", "fault": "median", "clean": "min", "sparse": "min",
+             "limit": "min", "win32": "min"}
+
 # Which C-floor fault technique stands for which backend.
 FLOOR_TECH = {"pagemap": "uffd-async", "uffd": "uffd-sync", "mprotect": "mprotect"}
 
@@ -445,7 +452,8 @@ class Progress:
             self.stream.flush()
 
 
-def _record(results, workload, backend, unit, times, stat, **params):
+def _record(results, workload, backend, unit, times, **params):
+    stat = STATISTIC[workload]
     arr = np.asarray(times, dtype=float)
     value = float(np.median(arr)) if stat == "median" else float(arr.min())
     rec = dict(workload=workload, backend=backend, unit=unit, n=len(times),
@@ -473,9 +481,86 @@ def machine_info():
             "page_size": PAGE}
 
 
+def _measure_frame(name, plan, size, frac):
+    loop = FrameLoop(name, size, written_pages(size, frac))
+    try:
+        return loop.measure(plan.budget, plan.min_reps), dict(
+            size=size, fraction=frac, written=loop.k)
+    finally:
+        loop.close()
+
+
+def _measure_fault(name, plan):
+    fw = FirstWrite(name, plan.fault_pages)
+    try:
+        return fw.measure(plan.budget, plan.min_reps), dict(pages=plan.fault_pages)
+    finally:
+        fw.close()
+
+
+def _measure_clean(name, plan, size):
+    cs = CleanScan(name, size)
+    try:
+        return cs.measure(plan.budget, plan.min_reps), dict(size=size)
+    finally:
+        cs.close()
+
+
+def _measure_limit(name, plan, size):
+    lc = LimitCall(name, size, 16)
+    try:
+        return lc.measure(plan.budget, plan.min_reps, plan.batch), dict(size=size, max_count=16)
+    finally:
+        lc.close()
+
+
+def _measure_sparse(name, plan, size):
+    sp = Sparse(name, size)
+    try:
+        return sp.measure(plan.budget, plan.min_reps), dict(size=size, written=sp.expect)
+    finally:
+        sp.close()
+
+
+def _measure_win32(name, plan):
+    wc = Win32Call(name)
+    try:
+        return wc.measure(plan.budget, plan.min_reps, plan.batch), dict(pages=16)
+    finally:
+        wc.close()
+
+
+def jobs(plan, with_win32=True):
+    """(label, workload, unit, C floor specs, measure(name, plan)) for a plan."""
+    out = []
+    for size, frac in plan.frames():
+        out.append(("frame %s %s" % (fmt_size(size), fmt_fraction(frac)), "frame", "frame",
+                    ["frame:%d:%d" % (size, written_pages(size, frac))],
+                    lambda n, p, s=size, f=frac: _measure_frame(n, p, s, f)))
+    out.append(("first write", "fault", "page",
+                ["fault:%s:%d" % (t, plan.fault_pages)
+                 for t in ("uffd-async", "uffd-sync", "mprotect", "none")],
+                _measure_fault))
+    for size in plan.clean_sizes:
+        out.append(("clean scan %s" % fmt_size(size), "clean", "call", ["clean:%d" % size],
+                    lambda n, p, s=size: _measure_clean(n, p, s)))
+    for size in plan.limit_sizes:
+        out.append(("max_count=16 %s" % fmt_size(size), "limit", "call",
+                    ["limit:%d:16" % size], lambda n, p, s=size: _measure_limit(n, p, s)))
+    for size in plan.sparse_sizes:
+        out.append(("sparse %s" % fmt_size(size), "sparse", "call", ["sparse:%d" % size],
+                    lambda n, p, s=size: _measure_sparse(n, p, s)))
+    if with_win32:
+        out.append(("win32 GetWriteWatch", "win32", "call", [], _measure_win32))
+    return out
+
+
 def collect(plan, backends=None, progress=None, with_floor=True):
     """Run every workload of `plan` on every available backend (or those
-    named) and the C floor.  Returns a dict (the --json document)."""
+    named) and the C floor.  Each workload runs on the C floor and then on
+    every backend before the next one starts, so that a change in the
+    machine's load during the run hits all of them alike.  Returns a dict
+    (the --json document)."""
     infos = writewatch.backends()
     if backends:
         known = {b.name for b in infos}
@@ -486,107 +571,43 @@ def collect(plan, backends=None, progress=None, with_floor=True):
         infos = [b for b in infos if b.name in backends]
     names = [b.name for b in infos if b.available]
     win32_missing = win32_unavailable()
+    todo = jobs(plan, with_win32=not win32_missing)
+    floor_missing = None if with_floor and floor_path() else (
+        "not run (--no-floor)" if not with_floor else
+        "not built: writewatch/_bin/ww-floor is missing "
+        "(python setup.py build_ext --inplace builds it)")
+    steps = sum(len(names) + (1 if specs and not floor_missing else 0)
+                for _, _, _, specs, _ in todo)
+    prog = progress or Progress(steps)
+    results, floor, errors = [], [], []
+    frame_keys = list(plan.frames())
 
-    frames = list(plan.frames())
-    steps = len(names) * (len(frames) + 1 + len(plan.clean_sizes) + len(plan.limit_sizes)
-                          + len(plan.sparse_sizes) + (0 if win32_missing else 1))
-    prog = progress or Progress(steps + (1 if with_floor else 0))
-    results = []
-    errors = []
-
-    def guarded(label, fn):
-        prog.step(label)
-        try:
-            fn()
-        except (BenchError, OSError, MemoryError, writewatch.WriteWatchError) as e:
-            errors.append({"workload": label, "error": "%s: %s" % (type(e).__name__, e)})
-
-    for name in names:
-        for size, frac in frames:
-            k = written_pages(size, frac)
-
-            def run_frame(name=name, size=size, frac=frac, k=k):
-                loop = FrameLoop(name, size, k)
-                try:
-                    times = loop.measure(plan.budget, plan.min_reps)
-                finally:
-                    loop.close()
-                _record(results, "frame", name, "frame", times, "median",
-                        size=size, fraction=frac, written=k)
-            guarded("frame %s %s %s" % (name, fmt_size(size), fmt_fraction(frac)), run_frame)
-
-        def run_fault(name=name):
-            fw = FirstWrite(name, plan.fault_pages)
+    for label, workload, unit, specs, measure in todo:
+        if specs and not floor_missing:
+            prog.step("%s: C floor" % label)
+            got, err = run_floor(specs, plan.budget, plan.min_reps)
+            if err:
+                errors.append({"workload": "C floor " + label, "error": err})
+            for rec in got:
+                if "error" in rec:
+                    errors.append({"workload": "C floor " + rec["workload"],
+                                   "error": rec["error"]})
+                elif "median_ns" in rec:
+                    rec["backend"] = "floor"
+                    rec["statistic"] = STATISTIC[rec["workload"]]
+                    rec["value_ns"] = rec["%s_ns" % rec["statistic"]]
+                    if rec["workload"] == "frame":
+                        rec["fraction"] = _fraction_of(rec, frame_keys)
+                floor.append(rec)
+        for name in names:
+            prog.step("%s: %s" % (label, name))
             try:
-                times = fw.measure(plan.budget, plan.min_reps)
-            finally:
-                fw.close()
-            _record(results, "fault", name, "page", times, "median", pages=plan.fault_pages)
-        guarded("first write %s" % name, run_fault)
-
-        for size in plan.clean_sizes:
-            def run_clean(name=name, size=size):
-                cs = CleanScan(name, size)
-                try:
-                    times = cs.measure(plan.budget, plan.min_reps)
-                finally:
-                    cs.close()
-                _record(results, "clean", name, "call", times, "median", size=size)
-            guarded("clean scan %s %s" % (name, fmt_size(size)), run_clean)
-
-        for size in plan.limit_sizes:
-            def run_limit(name=name, size=size):
-                lc = LimitCall(name, size, 16)
-                try:
-                    times = lc.measure(plan.budget, plan.min_reps, plan.batch)
-                finally:
-                    lc.close()
-                _record(results, "limit", name, "call", times, "min", size=size,
-                        max_count=16)
-            guarded("max_count=16 %s %s" % (name, fmt_size(size)), run_limit)
-
-        for size in plan.sparse_sizes:
-            def run_sparse(name=name, size=size):
-                sp = Sparse(name, size)
-                try:
-                    times = sp.measure(plan.budget, plan.min_reps)
-                finally:
-                    sp.close()
-                _record(results, "sparse", name, "call", times, "median", size=size,
-                        written=sp.expect)
-            guarded("sparse %s %s" % (name, fmt_size(size)), run_sparse)
-
-        if not win32_missing:
-            def run_win32(name=name):
-                wc = Win32Call(name)
-                try:
-                    times = wc.measure(plan.budget, plan.min_reps, plan.batch)
-                finally:
-                    wc.close()
-                _record(results, "win32", name, "call", times, "min", pages=16)
-            guarded("win32 GetWriteWatch %s" % name, run_win32)
-
-    floor, floor_error = [], None
-    if with_floor:
-        prog.step("C floor")
-        specs = ["frame:%d:%d" % (s, written_pages(s, f)) for s, f in frames]
-        specs += ["fault:%s:%d" % (t, plan.fault_pages)
-                  for t in ("uffd-async", "uffd-sync", "mprotect", "none")]
-        specs += ["clean:%d" % s for s in plan.clean_sizes]
-        specs += ["limit:%d:16" % s for s in plan.limit_sizes]
-        specs += ["sparse:%d" % s for s in plan.sparse_sizes]
-        floor, floor_error = run_floor(specs, plan.budget, plan.min_reps)
-        for rec in floor:
-            if "error" in rec:
-                errors.append({"workload": "C floor " + rec["workload"], "error": rec["error"]})
-            if "median_ns" in rec:
-                rec["backend"] = "floor"
-                rec["statistic"] = "median"
-                rec["value_ns"] = rec["median_ns"]
-                if "written" in rec and rec["workload"] == "frame":
-                    rec["fraction"] = _fraction_of(rec, frames)
-        if floor_error:
-            errors.append({"workload": "C floor", "error": floor_error})
+                times, params = measure(name, plan)
+            except (BenchError, OSError, MemoryError, writewatch.WriteWatchError) as e:
+                errors.append({"workload": "%s %s" % (label, name),
+                               "error": "%s: %s" % (type(e).__name__, e)})
+                continue
+            _record(results, workload, name, unit, times, **params)
     prog.finish()
 
     doc = {
@@ -595,10 +616,10 @@ def collect(plan, backends=None, progress=None, with_floor=True):
         "backends": [dict(name=b.name, available=b.available, reason=b.reason)
                      for b in infos],
         "win32": win32_missing or "available",
-        "floor": floor_error or floor_path(),
-        "statistics": {"frame": "median", "fault": "median", "clean": "median",
-                       "sparse": "median", "limit": "min of batch means",
-                       "win32": "min of batch means"},
+        "floor": floor_missing or floor_path(),
+        "floor_available": not floor_missing,
+        "statistics": dict(STATISTIC, limit="min of batch means",
+                           win32="min of batch means"),
         "results": results + [r for r in floor if "median_ns" in r],
         "skipped": [r for r in floor if "skip" in r],
         "errors": errors,
@@ -661,6 +682,7 @@ def evaluate_targets(doc):
         ok = ratio >= limit if faster else ratio <= limit
         add(name, goal_text, ratio, ok, None, detail_fmt % (fmt_ns(num), fmt_ns(den)))
 
+    floor_why = None if doc.get("floor_available", True) else "C floor %s" % doc["floor"]
     f256 = dict(size=256 * MiB, fraction=0.01)
     pm = _value(doc, "frame", "pagemap", **f256)
     ratio_target("frame loop 256 MiB 1%: pagemap vs mprotect", ">= 5x faster",
@@ -673,13 +695,12 @@ def evaluate_targets(doc):
                  "uffd %s, pagemap %s per frame")
     ratio_target("frame loop 256 MiB 1%: pagemap vs C floor", "<= 1.3x",
                  pm, _value(doc, "frame", "floor", **f256), 1.3, False,
-                 [_backend_reason(doc, "pagemap"), doc["floor"] if "C floor" in str(doc["floor"])
-                  else None],
+                 [_backend_reason(doc, "pagemap"), floor_why],
                  "pagemap %s, floor %s per frame")
     ratio_target("clean get-and-reset 1 GiB: pagemap vs C floor", "<= 1.2x",
                  _value(doc, "clean", "pagemap", size=GiB),
                  _value(doc, "clean", "floor", size=GiB), 1.2, False,
-                 [_backend_reason(doc, "pagemap")], "pagemap %s, floor %s per call")
+                 [_backend_reason(doc, "pagemap"), floor_why], "pagemap %s, floor %s per call")
     ratio_target("max_count=16: pagemap 4 GiB vs 64 KiB", "<= 3x",
                  _value(doc, "limit", "pagemap", size=4 * GiB),
                  _value(doc, "limit", "pagemap", size=64 * KiB), 3.0, False,
@@ -712,7 +733,8 @@ def _table(header, rows, out):
 def _ratio(a, b):
     if a is None or b is None or b == 0:
         return "-"
-    return "%.2fx" % (a / b)
+    r = a / b
+    return "%.2fx" % r if r >= 0.1 else "%.2gx" % r
 
 
 def print_report(doc, out=None):
@@ -731,8 +753,8 @@ def print_report(doc, out=None):
     out.write("  win32            %s\n" % doc["win32"])
     for s in doc["skipped"]:
         out.write("  C floor skipped %s: %s\n" % (s["workload"], s["skip"]))
-    out.write("  statistic: median of repeats (frame, first write, scans); minimum "
-              "of batch means (max_count, win32)\n")
+    out.write("  statistic: median of repeats (frame, first write); minimum of "
+              "repeats (clean, sparse) or of batch means (max_count, win32)\n")
     cols = ["floor"] + names
     ratio_cols = []
     if "pagemap" in names:
