@@ -21,6 +21,7 @@ cdef object _index(object value, str name):
                         % (name, type(value).__name__)) from None
 
 
+@cython.auto_pickle(False)
 cdef class Region:
     """Anonymous, zero-filled read/write memory whose written pages are tracked.
 
@@ -208,10 +209,10 @@ cdef class Region:
         cdef uint64_t *heap = NULL
         cdef const char *what = NULL
         cdef int rc
-        cdef bint do_reset = bool(reset)
+        cdef bint do_reset = reset
+        cdef np.npy_intp dims[1]
         cdef size_t limit
         cdef np.ndarray outarr
-        cdef np.npy_intp dim
         self._check_tracking()
         self._range(address, size, &start, &end)
         limit = (end - start) // self._page
@@ -244,8 +245,8 @@ cdef class Region:
                 self._fail(rc, what)
             if out is not None:
                 return out[:sink.n]
-            dim = <np.npy_intp>sink.n
-            result = np.PyArray_EMPTY(1, &dim, np.NPY_UINT64, 0)
+            dims[0] = <np.npy_intp>sink.n
+            result = np.PyArray_EMPTY(1, dims, np.NPY_UINT64, 0)
             if sink.n:
                 memcpy(np.PyArray_DATA(result), sink.buf, sink.n * sizeof(uint64_t))
             return result
@@ -348,14 +349,14 @@ cdef class Region:
 
 
 cdef np.ndarray _check_out(object out):
-    # The checks go through numpy's C API: attribute lookups (out.flags
-    # builds a new object) cost more than the scan of a small region.
-    if not isinstance(out, np.ndarray):
+    # C-API checks: this sits on the hot path of every out= call.
+    if not np.PyArray_Check(out):
         raise TypeError("out must be a numpy.ndarray of uint64, not %s"
                         % type(out).__name__)
     cdef np.ndarray arr = <np.ndarray>out
-    if not np.PyArray_EquivTypes(arr.descr, _UINT64):
-        raise TypeError("out must have dtype uint64, not %s" % out.dtype)
+    if not (np.PyArray_ISUNSIGNED(arr) and np.PyArray_ITEMSIZE(arr) == 8
+            and np.PyArray_ISNOTSWAPPED(arr)):
+        raise TypeError("out must have dtype uint64, not %s" % arr.dtype)
     if np.PyArray_NDIM(arr) != 1:
         raise ValueError("out must be one-dimensional")
     if not np.PyArray_IS_C_CONTIGUOUS(arr):
@@ -365,6 +366,3 @@ cdef np.ndarray _check_out(object out):
     if np.PyArray_DIM(arr, 0) == 0:
         raise ValueError("out must have room for at least one address")
     return arr
-
-
-cdef np.dtype _UINT64 = np.dtype(np.uint64)
