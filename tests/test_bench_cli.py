@@ -124,9 +124,16 @@ def test_progress_only_on_a_terminal():
     p.finish()
     assert quiet.getvalue() == ""
     loud = Tty()
-    p = _bench.Progress(2, stream=loud)
+    p = _bench.Progress(2, stream=loud, delay=0)
     p.step("frame pagemap 1 MiB")
     assert "[1/2" in loud.getvalue() and "frame pagemap 1 MiB" in loud.getvalue()
+    p.finish()
+    assert loud.getvalue().endswith("\r\033[K")       # the line is cleared
+    brief = Tty()
+    p = _bench.Progress(2, stream=brief, delay=60)   # a run shorter than the delay
+    p.step("one")
+    p.finish()
+    assert brief.getvalue() == ""
 
 
 def _doc(values, backends=("pagemap", "uffd", "mprotect"), win32="available"):

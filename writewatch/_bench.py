@@ -434,24 +434,29 @@ def run_floor(workloads, budget, min_reps, timeout=600):
 # One run.
 
 class Progress:
-    """A one-line progress display on stderr, only when it is a terminal."""
+    """A one-line progress display on stderr, only when it is a terminal
+    and the run has lasted more than `delay` seconds (a short run prints
+    nothing)."""
 
-    def __init__(self, total, stream=None, enabled=None):
+    def __init__(self, total, stream=None, enabled=None, delay=1.0):
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.total = total
         self.done = 0
         self.start = time.monotonic()
+        self.delay = delay
+        self.shown = False
 
     def step(self, what):
         self.done += 1
-        if self.enabled:
+        if self.enabled and time.monotonic() - self.start >= self.delay:
+            self.shown = True
             self.stream.write("\r\033[K[%d/%d %4.0fs] %s"
                               % (self.done, self.total, time.monotonic() - self.start, what))
             self.stream.flush()
 
     def finish(self):
-        if self.enabled:
+        if self.shown:
             self.stream.write("\r\033[K")
             self.stream.flush()
 
