@@ -41,6 +41,7 @@ extensions = [
 PROGRAMS = {
     # "name": ["kernel/dir/source.c", ...],
     "ww-floor": ["kernel/floor/floor.c"],
+    "ww-selftest": ["kernel/selftests/pagemap_contract.c"],
 }
 
 
