@@ -226,3 +226,22 @@ def test_floor_reports_a_failing_workload():
     lines = [json.loads(line) for line in p.stdout.splitlines()]
     assert "error" in lines[0] and "K must be" in lines[0]["error"]
     assert lines[1]["workload"] == "fault" and "median_ns" in lines[1]
+
+
+def test_a_wrong_answer_fails_the_benchmark():
+    names = available()
+    if not names:
+        pytest.skip("no backend available here")
+    loop = _bench.FrameLoop(names[0], 64 * _bench.PAGE, 4)
+    try:
+        loop.prepare()
+        got = loop.frame()
+        loop.check(got)                                  # the right pages pass
+        with pytest.raises(_bench.BenchError, match="reported 3"):
+            loop.check(got[:3])
+        wrong = got.copy()
+        wrong[0] ^= _bench.PAGE * 64                     # same count, other page
+        with pytest.raises(_bench.BenchError, match="not the same pages"):
+            loop.check(wrong)
+    finally:
+        loop.close()

@@ -59,7 +59,7 @@
 static size_t page_size;
 static int pagemap_fd = -1;
 static double budget_ns = 200e6;
-static long min_reps = 3, max_reps = 1000;
+static long min_reps = 3, max_reps = 100000;
 static int failed;
 static char error_buf[512];
 
@@ -85,6 +85,12 @@ static uint64_t splitmix64(void)
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int cmp_size(const void *a, const void *b)
+{
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
     return x < y ? -1 : x > y;
 }
 
@@ -323,6 +329,14 @@ static int run_frame(const char *spec, size_t size, size_t k)
                      "frame: wrote %zu pages, PAGEMAP_SCAN reported %ld", k, got);
             goto done;
         }
+        qsort(offs, k, sizeof *offs, cmp_size);         /* the same pages? */
+        for (size_t i = 0; i < k; i++)
+            if (out[i] != (uintptr_t)r.base + offs[i]) {
+                snprintf(error_buf, sizeof error_buf,
+                         "frame: page %#zx written, PAGEMAP_SCAN reported %#llx",
+                         offs[i], (unsigned long long)(out[i] - (uintptr_t)r.base));
+                goto done;
+            }
         t[reps++] = t1 - t0;
     }
     char fields[256];
