@@ -37,7 +37,8 @@ def test_frame_loop(benchmark, backend, size, fraction):
     try:
         got = benchmark.pedantic(loop.frame, setup=loop.prepare, warmup_rounds=1,
                                  rounds=_rounds(k * 2e-6 + size / 4096 * 5e-9))
-        np.testing.assert_array_equal(got, loop.expected)
+        loop.check(got)             # every page written was reported
+        benchmark.extra_info["over_reported"] = loop.extra
     finally:
         loop.close()
 
@@ -91,7 +92,7 @@ def test_sparse(benchmark, backend, size):
     try:
         got = benchmark.pedantic(sp.call, setup=sp.prepare, warmup_rounds=1,
                                  rounds=_rounds(sp.expect * 60e-9, hi=100))
-        assert len(got) == sp.expect
-        assert np.all(np.diff(got) == 2 * wb.PAGE)
+        extra = wb.verify(backend, sp.answer, got)    # every page written was reported
+        benchmark.extra_info["over_reported"] = extra
     finally:
         sp.close()

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import writewatch
@@ -237,11 +238,15 @@ def test_a_wrong_answer_fails_the_benchmark():
         loop.prepare()
         got = loop.frame()
         loop.check(got)                                  # the right pages pass
+        assert loop.extra == 0
         with pytest.raises(_bench.BenchError, match="reported 3"):
             loop.check(got[:3])
         wrong = got.copy()
         wrong[0] ^= _bench.PAGE * 64                     # same count, other page
         with pytest.raises(_bench.BenchError, match="not the same pages"):
             loop.check(wrong)
+        more = np.unique(np.append(got, [wrong[0], wrong[0] + _bench.PAGE]))
+        loop.check(more)                                 # a superset: noted, not failed
+        assert loop.extra == 2
     finally:
         loop.close()
