@@ -199,12 +199,12 @@ def floor():
 def test_floor_runs_every_workload():
     p = subprocess.run(
         [floor(), "--budget-ms", "1", "--min-reps", "2", "--max-reps", "5",
-         "frame:1M:3", "frame:64K:16", "clean:1M", "sparse:256K", "limit:1M:16",
+         "frame:1M:3", "frame:64K:16,1", "clean:1M", "sparse:256K", "limit:1M:16",
          "fault:uffd-async:32", "fault:uffd-sync:32", "fault:mprotect:32", "fault:none:32"],
         capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
     lines = [json.loads(line) for line in p.stdout.splitlines()]
-    assert [r["workload"] for r in lines] == ["frame"] * 2 + ["clean", "sparse", "limit"] + \
+    assert [r["workload"] for r in lines] == ["frame"] * 3 + ["clean", "sparse", "limit"] + \
         ["fault"] * 4
     if "pagemap" not in available():
         pytest.skip("async uffd-wp unavailable here: the floor skips its workloads")
@@ -213,14 +213,15 @@ def test_floor_runs_every_workload():
         assert 2 <= r["n"] <= 5
         assert 0 < r["min_ns"] <= r["median_ns"]
     assert lines[0]["size"] == 1 << 20 and lines[0]["written"] == 3
-    assert lines[1]["written"] == 16                     # 100 % of 64 KiB
-    assert lines[3]["written"] == 32                     # every other page of 256 KiB
-    assert [r["tech"] for r in lines[5:]] == ["uffd-async", "uffd-sync", "mprotect", "none"]
-    assert all(r["unit"] == "page" and r["pages"] == 32 for r in lines[5:])
+    assert lines[1]["written"] == 16                     # 100 % of 64 KiB,
+    assert lines[2]["written"] == 1                      # then one page, same region
+    assert lines[4]["written"] == 32                     # every other page of 256 KiB
+    assert [r["tech"] for r in lines[6:]] == ["uffd-async", "uffd-sync", "mprotect", "none"]
+    assert all(r["unit"] == "page" and r["pages"] == 32 for r in lines[6:])
 
 
 def test_floor_rejects_bad_arguments():
-    for args in ([], ["nonsense"], ["frame:1000:1"], ["--bogus", "clean:1M"]):
+    for args in ([], ["nonsense"], ["frame:1000:1"], ["--bogus", "clean:1M"], ["frame:1M"]):
         p = subprocess.run([floor()] + args, capture_output=True, text=True, timeout=30)
         assert p.returncode == 2, (args, p.stdout, p.stderr)
         assert "usage" in p.stderr or "SIZE must be" in p.stderr

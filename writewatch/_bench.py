@@ -54,7 +54,7 @@ FLOOR_TECH = {"pagemap": "uffd-async", "uffd": "uffd-sync", "mprotect": "mprotec
 
 class Plan:
     def __init__(self, name, frame_sizes, fractions, frame_full_max, clean_sizes,
-                 limit_sizes, sparse_sizes, fault_pages, budget, min_reps, batch):
+                 limit_sizes, sparse_sizes, fault_pages, budget, min_reps, batch, passes):
         self.name = name
         self.frame_sizes = frame_sizes
         self.fractions = fractions
@@ -67,6 +67,9 @@ class Plan:
         self.budget = budget          # seconds per measured configuration
         self.min_reps = min_reps
         self.batch = batch            # calls per timed batch (microbenchmarks)
+        # Every workload runs this many times, the floor and the backends in
+        # turn; each result is the best pass.
+        self.passes = passes
 
     def frames(self):
         for size in self.frame_sizes:
@@ -81,14 +84,14 @@ FRACTIONS = (0.001, 0.01, 0.1, 1.0)
 PLANS = {
     "tiny": Plan("tiny", [1 * MiB, 4 * MiB], (0.01, 1.0), 4 * MiB,
                  [1 * MiB, 4 * MiB], [64 * KiB, 16 * MiB], [1 * MiB], 64,
-                 budget=0.01, min_reps=2, batch=20),
+                 budget=0.01, min_reps=2, batch=20, passes=1),
     "quick": Plan("quick", [1 * MiB, 16 * MiB, 256 * MiB], FRACTIONS, 16 * MiB,
                   [1 * MiB, 64 * MiB, 1 * GiB, 4 * GiB], [64 * KiB, 4 * GiB],
-                  [16 * MiB], 2048, budget=0.1, min_reps=3, batch=200),
+                  [16 * MiB], 2048, budget=0.06, min_reps=3, batch=200, passes=2),
     "full": Plan("full", [1 * MiB, 16 * MiB, 256 * MiB, 1 * GiB], FRACTIONS, 1 * GiB,
                  [1 * MiB, 16 * MiB, 256 * MiB, 1 * GiB, 4 * GiB],
                  [64 * KiB, 16 * MiB, 1 * GiB, 4 * GiB], [64 * MiB, 256 * MiB],
-                 16384, budget=1.0, min_reps=5, batch=1000),
+                 16384, budget=0.5, min_reps=5, batch=1000, passes=3),
 }
 
 
@@ -581,7 +584,8 @@ def jobs(plan, with_win32=True):
         by_size.setdefault(size, []).append(frac)
     for size, fracs in by_size.items():
         out.append(("frame loop %s" % fmt_size(size), "frame", "frame",
-                    ["frame:%d:%d" % (size, written_pages(size, f)) for f in fracs],
+                    ["frame:%d:%s" % (size, ",".join(str(written_pages(size, f))
+                                                     for f in fracs))],
                     lambda n, p, s=size, f=fracs: _measure_frames(n, p, s, f)))
     out.append(("first write", "fault", "page",
                 ["fault:%s:%d" % (t, plan.fault_pages)
@@ -622,13 +626,13 @@ def collect(plan, backends=None, progress=None, with_floor=True):
         "not run (--no-floor)" if not with_floor else
         "not built: writewatch/_bin/ww-floor is missing "
         "(python setup.py build_ext --inplace builds it)")
-    steps = sum(len(names) + (1 if specs and not floor_missing else 0)
-                for _, _, _, specs, _ in todo)
+    steps = plan.passes * sum(len(names) + (1 if specs and not floor_missing else 0)
+                              for _, _, _, specs, _ in todo)
     prog = progress or Progress(steps)
     results, floor, errors = [], [], []
     frame_keys = list(plan.frames())
 
-    for label, workload, unit, specs, measure in todo:
+    for label, workload, unit, specs, measure in [j for _ in range(plan.passes) for j in todo]:
         if specs and not floor_missing:
             prog.step("%s: C floor" % label)
             got, err = run_floor(specs, plan.budget, plan.min_reps)
@@ -656,6 +660,9 @@ def collect(plan, backends=None, progress=None, with_floor=True):
             for times, params in measured:
                 _record(results, workload, name, unit, times, **params)
     prog.finish()
+    skipped = _unique(r for r in floor if "skip" in r)
+    results = _best_of_passes(results + [r for r in floor if "median_ns" in r])
+    errors = _unique(errors)
 
     doc = {
         "mode": plan.name,
@@ -667,12 +674,43 @@ def collect(plan, backends=None, progress=None, with_floor=True):
         "floor_available": not floor_missing,
         "statistics": dict(STATISTIC, limit="min of batch means",
                            win32="min of batch means"),
-        "results": results + [r for r in floor if "median_ns" in r],
-        "skipped": [r for r in floor if "skip" in r],
+        "passes": plan.passes,
+        "results": results,
+        "skipped": skipped,
         "errors": errors,
     }
     doc["targets"] = evaluate_targets(doc)
     return doc
+
+
+_KEY_FIELDS = ("workload", "backend", "size", "fraction", "written", "tech", "pages",
+               "max_count")
+
+
+def _best_of_passes(records):
+    """One record per measurement: the pass with the lowest value (a burst
+    of load elsewhere on the machine slows one pass, not both), with every
+    pass's value kept in "passes"."""
+    best = {}
+    for r in records:
+        key = tuple(r.get(k) for k in _KEY_FIELDS)
+        values = best[key]["passes"] if key in best else []
+        values.append(r["value_ns"])
+        if key not in best or r["value_ns"] < best[key]["value_ns"]:
+            r = dict(r)
+            best[key] = r
+        best[key]["passes"] = values
+    return list(best.values())
+
+
+def _unique(dicts):
+    out, seen = [], set()
+    for d in dicts:
+        key = json.dumps(d, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
 
 
 def _fraction_of(rec, frames):
@@ -801,7 +839,9 @@ def print_report(doc, out=None):
     for s in doc["skipped"]:
         out.write("  C floor skipped %s: %s\n" % (s["workload"], s["skip"]))
     out.write("  statistic: median of repeats (frame, first write); minimum of "
-              "repeats (clean, sparse) or of batch means (max_count, win32)\n")
+              "repeats (clean, sparse) or of batch means (max_count, win32)%s\n"
+              % ("; best of %d passes, the C floor and the backends taking turns"
+                 % doc["passes"] if doc.get("passes", 1) > 1 else ""))
     cols = ["floor"] + names
     ratio_cols = []
     if "pagemap" in names:

@@ -8,11 +8,12 @@
  *
  *   ww-floor [--budget-ms N] [--min-reps N] [--max-reps N] WORKLOAD...
  *
- *   frame:SIZE:K         pre-populated region of SIZE bytes; each frame writes
+ *   frame:SIZE:K[,K...]  pre-populated region of SIZE bytes; each frame writes
  *                        K distinct random pages (chosen before the timer
  *                        starts), then one PAGEMAP_SCAN get-and-reset whose
  *                        output is expanded into a uint64 address array --
- *                        what Region.get_write_watch(reset=True) does.
+ *                        what Region.get_write_watch(reset=True) does.  With
+ *                        several K, one region runs them in turn.
  *   clean:SIZE           get-and-reset of a region where nothing was written.
  *   sparse:SIZE          get-and-reset of a pre-populated region with every
  *                        other page written (writes outside the timer).
@@ -280,19 +281,34 @@ static long scan(uintptr_t start, uintptr_t end, int reset, uint64_t *out, size_
 
 /* ---- workloads ---------------------------------------------------------- */
 
-static int run_frame(const char *spec, size_t size, size_t k)
+/* One region of `size` bytes, populated once, then the frame loop for each
+ * K in the comma-separated list `ks` in turn (one result line each). */
+static int run_frame(const char *spec, size_t size, const char *ks)
 {
     struct region r;
     size_t npages = size / page_size;
-    if (k == 0 || k > npages) {
+    size_t klist[16], nk = 0, kmax = 0;
+    for (const char *p = ks; *p && nk < 16; ) {
+        char *end;
+        klist[nk] = strtoul(p, &end, 10);
+        if (end == p || (*end && *end != ',') || klist[nk] == 0 || klist[nk] > npages) {
+            errno = EINVAL;
+            return fail("frame: each K must be between 1 and the region's page count");
+        }
+        if (klist[nk] > kmax)
+            kmax = klist[nk];
+        nk++;
+        p = *end ? end + 1 : end;
+    }
+    if (nk == 0) {
         errno = EINVAL;
-        return fail("frame: K must be between 1 and the region's page count");
+        return fail("frame: K missing");
     }
     if (async_region(&r, size) < 0)
         return -1;
     uint32_t *perm = malloc(npages * sizeof *perm);
     uint64_t *out = malloc(npages * sizeof *out);
-    size_t *offs = malloc(k * sizeof *offs);
+    size_t *offs = malloc(kmax * sizeof *offs);
     uint64_t *t = malloc(max_reps * sizeof *t);
     int rc = -1;
     if (!perm || !out || !offs || !t) {
@@ -304,45 +320,48 @@ static int run_frame(const char *spec, size_t size, size_t k)
     touch_pages(r.base, size, page_size, 1);                 /* pre-populate */
     if (scan((uintptr_t)r.base, (uintptr_t)r.base + size, 1, out, npages) < 0)
         goto done;
-    long reps = 0;
-    uint64_t started = now_ns();
     char v = 2;
-    while (keep_going(reps, started)) {
-        /* K distinct random pages: a partial Fisher-Yates shuffle. */
-        for (size_t i = 0; i < k; i++) {
-            size_t j = i + splitmix64() % (npages - i);
-            uint32_t x = perm[i];
-            perm[i] = perm[j];
-            perm[j] = x;
-            offs[i] = (size_t)perm[i] * page_size;
-        }
-        v++;
-        uint64_t t0 = now_ns();
-        for (size_t i = 0; i < k; i++)
-            ((volatile char *)r.base)[offs[i]] = v;
-        long got = scan((uintptr_t)r.base, (uintptr_t)r.base + size, 1, out, npages);
-        uint64_t t1 = now_ns();
-        if (got < 0)
-            goto done;
-        if ((size_t)got != k) {
-            snprintf(error_buf, sizeof error_buf,
-                     "frame: wrote %zu pages, PAGEMAP_SCAN reported %ld", k, got);
-            goto done;
-        }
-        qsort(offs, k, sizeof *offs, cmp_size);         /* the same pages? */
-        for (size_t i = 0; i < k; i++)
-            if (out[i] != (uintptr_t)r.base + offs[i]) {
+    for (size_t ki = 0; ki < nk; ki++) {
+        size_t k = klist[ki];
+        long reps = 0;
+        uint64_t started = now_ns();
+        while (keep_going(reps, started)) {
+            /* K distinct random pages: a partial Fisher-Yates shuffle. */
+            for (size_t i = 0; i < k; i++) {
+                size_t j = i + splitmix64() % (npages - i);
+                uint32_t x = perm[i];
+                perm[i] = perm[j];
+                perm[j] = x;
+                offs[i] = (size_t)perm[i] * page_size;
+            }
+            v++;
+            uint64_t t0 = now_ns();
+            for (size_t i = 0; i < k; i++)
+                ((volatile char *)r.base)[offs[i]] = v;
+            long got = scan((uintptr_t)r.base, (uintptr_t)r.base + size, 1, out, npages);
+            uint64_t t1 = now_ns();
+            if (got < 0)
+                goto done;
+            if ((size_t)got != k) {
                 snprintf(error_buf, sizeof error_buf,
-                         "frame: page %#zx written, PAGEMAP_SCAN reported %#llx",
-                         offs[i], (unsigned long long)(out[i] - (uintptr_t)r.base));
+                         "frame: wrote %zu pages, PAGEMAP_SCAN reported %ld", k, got);
                 goto done;
             }
-        t[reps++] = t1 - t0;
+            qsort(offs, k, sizeof *offs, cmp_size);         /* the same pages? */
+            for (size_t i = 0; i < k; i++)
+                if (out[i] != (uintptr_t)r.base + offs[i]) {
+                    snprintf(error_buf, sizeof error_buf,
+                             "frame: page %#zx written, PAGEMAP_SCAN reported %#llx",
+                             offs[i], (unsigned long long)(out[i] - (uintptr_t)r.base));
+                    goto done;
+                }
+            t[reps++] = t1 - t0;
+        }
+        char fields[256];
+        snprintf(fields, sizeof fields,
+                 "\"workload\": \"frame\", \"size\": %zu, \"written\": %zu", size, k);
+        print_result(fields, "frame", t, reps, 1);
     }
-    char fields[256];
-    snprintf(fields, sizeof fields,
-             "\"workload\": \"frame\", \"size\": %zu, \"written\": %zu", size, k);
-    print_result(fields, "frame", t, reps, 1);
     rc = 0;
 done:
     free(perm);
@@ -660,7 +679,7 @@ static void usage(void)
 {
     fprintf(stderr,
             "usage: ww-floor [--budget-ms N] [--min-reps N] [--max-reps N] WORKLOAD...\n"
-            "  frame:SIZE:K  clean:SIZE  sparse:SIZE  limit:SIZE:COUNT  fault:TECH:PAGES\n"
+            "  frame:SIZE:K[,K...]  clean:SIZE  sparse:SIZE  limit:SIZE:COUNT  fault:TECH:PAGES\n"
             "  TECH: uffd-async uffd-sync mprotect none; SIZE with K/M/G suffix\n");
 }
 
@@ -727,7 +746,7 @@ int main(int argc, char **argv)
                 continue;
             }
             if (!strcmp(kind, "frame") && c2)
-                rc = run_frame(spec, a, strtoul(c2 + 1, NULL, 10));
+                rc = run_frame(spec, a, c2 + 1);
             else if (!strcmp(kind, "clean"))
                 rc = run_scan("clean", a, 0);
             else if (!strcmp(kind, "sparse"))
