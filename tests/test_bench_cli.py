@@ -76,9 +76,11 @@ def test_bench_json():
             assert r["unit"] == "frame" and r["statistic"] == "median"
         clean = {r["size"] for r in res if r["backend"] == name and r["workload"] == "clean"}
         assert clean == set(plan.clean_sizes)
+    assert doc["passes"] == plan.passes
     for r in res:
         assert r["n"] >= 1 and 0 < r["min_ns"] <= r["median_ns"]
         assert r["value_ns"] == r["%s_ns" % r["statistic"]]
+        assert len(r["passes"]) == plan.passes and r["value_ns"] == min(r["passes"])
     floor_faults = {r["tech"] for r in res if r["backend"] == "floor" and r["workload"] == "fault"}
     assert {"uffd-sync", "mprotect", "none"} <= floor_faults
     if "pagemap" in available():
@@ -259,3 +261,13 @@ def test_a_wrong_answer_fails_the_benchmark():
         assert loop.extra == 2
     finally:
         loop.close()
+
+
+def test_best_of_passes_keeps_the_lowest_and_every_value():
+    recs = [dict(workload="clean", backend="pagemap", size=1, value_ns=v, n=i)
+            for i, v in enumerate([30.0, 10.0, 20.0])]
+    recs.append(dict(workload="clean", backend="pagemap", size=2, value_ns=5.0, n=9))
+    best = {r["size"]: r for r in _bench._best_of_passes(recs)}
+    assert best[1]["value_ns"] == 10.0 and best[1]["n"] == 1
+    assert best[1]["passes"] == [30.0, 10.0, 20.0]
+    assert best[2]["passes"] == [5.0]

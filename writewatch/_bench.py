@@ -513,71 +513,33 @@ def machine_info():
             "page_size": PAGE}
 
 
-def _measure_frames(name, plan, size, fractions):
-    # One region per size for all fractions: populating it is a fault per
-    # page, seconds for 256 MiB on the slow backends.
-    loop = FrameLoop(name, size, written_pages(size, fractions[0]))
+# A job: one workload at one size, made once per backend and measured in
+# every pass (the setup -- populating 256 MiB is a fault per page, seconds on
+# the slow backends -- is paid once).  make(name, plan) -> object with
+# close(); measure(object, plan) -> [(times, params), ...].
+
+def _frames_measure(loop, plan, size, fractions):
     out = []
-    try:
-        for frac in fractions:
-            loop.set_written(written_pages(size, frac))
-            times = loop.measure(plan.budget, plan.min_reps)
-            params = dict(size=size, fraction=frac, written=loop.k)
-            if loop.extra:
-                params["over_reported"] = loop.extra
-            out.append((times, params))
-        return out
-    finally:
-        loop.close()
+    for frac in fractions:
+        loop.set_written(written_pages(size, frac))
+        times = loop.measure(plan.budget, plan.min_reps)
+        params = dict(size=size, fraction=frac, written=loop.k)
+        if loop.extra:
+            params["over_reported"] = loop.extra
+        out.append((times, params))
+    return out
 
 
-def _measure_fault(name, plan):
-    fw = FirstWrite(name, plan.fault_pages)
-    try:
-        return [(fw.measure(plan.budget, plan.min_reps), dict(pages=plan.fault_pages))]
-    finally:
-        fw.close()
-
-
-def _measure_clean(name, plan, size):
-    cs = CleanScan(name, size)
-    try:
-        return [(cs.measure(plan.budget, plan.min_reps), dict(size=size))]
-    finally:
-        cs.close()
-
-
-def _measure_limit(name, plan, size):
-    lc = LimitCall(name, size, 16)
-    try:
-        return [(lc.measure(plan.budget, plan.min_reps, plan.batch),
-                 dict(size=size, max_count=16))]
-    finally:
-        lc.close()
-
-
-def _measure_sparse(name, plan, size):
-    sp = Sparse(name, size)
-    try:
-        times = sp.measure(plan.budget, plan.min_reps)
-        params = dict(size=size, written=sp.expect)
-        if sp.extra:
-            params["over_reported"] = sp.extra
-        return [(times, params)]
-    finally:
-        sp.close()
-
-
-def _measure_win32(name, plan):
-    wc = Win32Call(name)
-    try:
-        return [(wc.measure(plan.budget, plan.min_reps, plan.batch), dict(pages=16))]
-    finally:
-        wc.close()
+def _sparse_measure(sp, plan):
+    times = sp.measure(plan.budget, plan.min_reps)
+    params = dict(size=sp.mem.region.size, written=sp.expect)
+    if sp.extra:
+        params["over_reported"] = sp.extra
+    return [(times, params)]
 
 
 def jobs(plan, with_win32=True):
-    """(label, workload, unit, C floor specs, measure(name, plan)) for a plan."""
+    """(label, workload, unit, C floor specs, make, measure) for a plan."""
     out = []
     by_size = {}
     for size, frac in plan.frames():
@@ -586,22 +548,30 @@ def jobs(plan, with_win32=True):
         out.append(("frame loop %s" % fmt_size(size), "frame", "frame",
                     ["frame:%d:%s" % (size, ",".join(str(written_pages(size, f))
                                                      for f in fracs))],
-                    lambda n, p, s=size, f=fracs: _measure_frames(n, p, s, f)))
+                    lambda n, p, s=size, f=fracs: FrameLoop(n, s, written_pages(s, f[0])),
+                    lambda o, p, s=size, f=fracs: _frames_measure(o, p, s, f)))
     out.append(("first write", "fault", "page",
                 ["fault:%s:%d" % (t, plan.fault_pages)
                  for t in ("uffd-async", "uffd-sync", "mprotect", "none")],
-                _measure_fault))
+                lambda n, p: FirstWrite(n, p.fault_pages),
+                lambda o, p: [(o.measure(p.budget, p.min_reps), dict(pages=p.fault_pages))]))
     for size in plan.clean_sizes:
         out.append(("clean scan %s" % fmt_size(size), "clean", "call", ["clean:%d" % size],
-                    lambda n, p, s=size: _measure_clean(n, p, s)))
+                    lambda n, p, s=size: CleanScan(n, s),
+                    lambda o, p, s=size: [(o.measure(p.budget, p.min_reps), dict(size=s))]))
     for size in plan.limit_sizes:
         out.append(("max_count=16 %s" % fmt_size(size), "limit", "call",
-                    ["limit:%d:16" % size], lambda n, p, s=size: _measure_limit(n, p, s)))
+                    ["limit:%d:16" % size],
+                    lambda n, p, s=size: LimitCall(n, s, 16),
+                    lambda o, p, s=size: [(o.measure(p.budget, p.min_reps, p.batch),
+                                           dict(size=s, max_count=16))]))
     for size in plan.sparse_sizes:
         out.append(("sparse %s" % fmt_size(size), "sparse", "call", ["sparse:%d" % size],
-                    lambda n, p, s=size: _measure_sparse(n, p, s)))
+                    lambda n, p, s=size: Sparse(n, s), _sparse_measure))
     if with_win32:
-        out.append(("win32 GetWriteWatch", "win32", "call", [], _measure_win32))
+        out.append(("win32 GetWriteWatch", "win32", "call", [],
+                    lambda n, p: Win32Call(n),
+                    lambda o, p: [(o.measure(p.budget, p.min_reps, p.batch), dict(pages=16))]))
     return out
 
 
@@ -627,43 +597,67 @@ def collect(plan, backends=None, progress=None, with_floor=True):
         "not built: writewatch/_bin/ww-floor is missing "
         "(python setup.py build_ext --inplace builds it)")
     steps = plan.passes * sum(len(names) + (1 if specs and not floor_missing else 0)
-                              for _, _, _, specs, _ in todo)
+                              for _, _, _, specs, _, _ in todo)
     prog = progress or Progress(steps)
     results, floor, errors = [], [], []
     frame_keys = list(plan.frames())
+    bench_errors = (BenchError, OSError, MemoryError, writewatch.WriteWatchError)
 
-    for label, workload, unit, specs, measure in [j for _ in range(plan.passes) for j in todo]:
-        if specs and not floor_missing:
-            prog.step("%s: C floor" % label)
-            got, err = run_floor(specs, plan.budget, plan.min_reps)
-            if err:
-                errors.append({"workload": "C floor " + label, "error": err})
-            for rec in got:
-                if "error" in rec:
-                    errors.append({"workload": "C floor " + rec["workload"],
-                                   "error": rec["error"]})
-                elif "median_ns" in rec:
-                    rec["backend"] = "floor"
-                    rec["statistic"] = STATISTIC[rec["workload"]]
-                    rec["value_ns"] = rec["%s_ns" % rec["statistic"]]
-                    if rec["workload"] == "frame":
-                        rec["fraction"] = _fraction_of(rec, frame_keys)
-                floor.append(rec)
-        for name in names:
-            prog.step("%s: %s" % (label, name))
-            try:
-                measured = measure(name, plan)
-            except (BenchError, OSError, MemoryError, writewatch.WriteWatchError) as e:
-                errors.append({"workload": "%s %s" % (label, name),
-                               "error": "%s: %s" % (type(e).__name__, e)})
-                continue
-            for times, params in measured:
-                _record(results, workload, name, unit, times, **params)
+    for label, workload, unit, specs, make, measure in todo:
+        objects = {}            # backend -> its set-up workload, kept across passes
+        try:
+            for _ in range(plan.passes):
+                _one_pass(label, workload, unit, specs, make, measure, plan, names,
+                          objects, floor_missing, prog, results, floor, errors,
+                          frame_keys, bench_errors)
+        finally:
+            for obj in objects.values():
+                if obj is not None:
+                    obj.close()
     prog.finish()
     skipped = _unique(r for r in floor if "skip" in r)
     results = _best_of_passes(results + [r for r in floor if "median_ns" in r])
     errors = _unique(errors)
+    return _document(plan, infos, win32_missing, floor_missing, results, skipped, errors)
 
+
+def _one_pass(label, workload, unit, specs, make, measure, plan, names, objects,
+              floor_missing, prog, results, floor, errors, frame_keys, bench_errors):
+    """The C floor, then every backend, on one job."""
+    if specs and not floor_missing:
+        prog.step("%s: C floor" % label)
+        got, err = run_floor(specs, plan.budget, plan.min_reps)
+        if err:
+            errors.append({"workload": "C floor " + label, "error": err})
+        for rec in got:
+            if "error" in rec:
+                errors.append({"workload": "C floor " + rec["workload"],
+                               "error": rec["error"]})
+            elif "median_ns" in rec:
+                rec["backend"] = "floor"
+                rec["statistic"] = STATISTIC[rec["workload"]]
+                rec["value_ns"] = rec["%s_ns" % rec["statistic"]]
+                if rec["workload"] == "frame":
+                    rec["fraction"] = _fraction_of(rec, frame_keys)
+            floor.append(rec)
+    for name in names:
+        prog.step("%s: %s" % (label, name))
+        if name in objects and objects[name] is None:
+            continue                        # its setup failed in an earlier pass
+        try:
+            if name not in objects:
+                objects[name] = None
+                objects[name] = make(name, plan)
+            measured = measure(objects[name], plan)
+        except bench_errors as e:
+            errors.append({"workload": "%s %s" % (label, name),
+                           "error": "%s: %s" % (type(e).__name__, e)})
+            continue
+        for times, params in measured:
+            _record(results, workload, name, unit, times, **params)
+
+
+def _document(plan, infos, win32_missing, floor_missing, results, skipped, errors):
     doc = {
         "mode": plan.name,
         "machine": machine_info(),
