@@ -21,6 +21,7 @@ them alike.  Statistics: see STATISTIC below; every record in the JSON
 output also carries the median and the minimum.
 """
 
+import argparse
 import json
 import os
 import platform
@@ -1008,7 +1009,8 @@ def add_arguments(parser):
     g.add_argument("--full", action="store_true",
                    help="the long version: more sizes (up to 1 GiB frames, 4 GiB scans) "
                         "and longer repeats (several minutes)")
-    g.add_argument("--tiny", action="store_true", help=argparse_suppress())
+    # A few seconds' run for the tests (also WRITEWATCH_BENCH_TINY=1).
+    g.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true",
                         help="print the results as one JSON document instead of the table")
     parser.add_argument("--plot", metavar="FILE",
@@ -1018,11 +1020,6 @@ def add_arguments(parser):
                         help="benchmark only this backend (repeatable)")
     parser.add_argument("--no-floor", action="store_true",
                         help="skip the C floor")
-
-
-def argparse_suppress():
-    import argparse
-    return argparse.SUPPRESS
 
 
 def run(args):
