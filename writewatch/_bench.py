@@ -92,7 +92,7 @@ PLANS = {
     "full": Plan("full", [1 * MiB, 16 * MiB, 256 * MiB, 1 * GiB], FRACTIONS, 1 * GiB,
                  [1 * MiB, 16 * MiB, 256 * MiB, 1 * GiB, 4 * GiB],
                  [64 * KiB, 16 * MiB, 1 * GiB, 4 * GiB], [64 * MiB, 256 * MiB],
-                 16384, budget=0.5, min_reps=5, batch=1000, passes=3),
+                 16384, budget=0.5, min_reps=3, batch=1000, passes=2),
 }
 
 
