@@ -26,7 +26,7 @@ def _rounds(seconds_per_round, budget=1.0, lo=5, hi=200):
     return int(min(hi, max(lo, budget / max(seconds_per_round, 1e-7))))
 
 
-@pytest.mark.parametrize("fraction", [0.001, 0.01, 0.1, 1.0], ids=lambda f: "%g%%" % (f * 100))
+@pytest.mark.parametrize("fraction", [0.001, 0.01, 0.1, 1.0], ids=lambda f: "%gpct" % (f * 100))
 @pytest.mark.parametrize("size", sizes(1 * MiB, 16 * MiB, 256 * MiB, 1 * GiB))
 def test_frame_loop(benchmark, backend, size, fraction):
     """Write K random pages, then one get-and-reset (time per frame)."""

@@ -7,7 +7,7 @@ compare`:
 
     pytest bench --bench-full --benchmark-enable --benchmark-only \\
         --benchmark-autosave
-    pytest-benchmark compare --group-by=group --sort=name
+    python -m pytest_benchmark compare --group-by=group --columns=min,median,rounds
 
 (--bench-full, or WRITEWATCH_BENCH_FULL=1, adds the regions of 256 MiB and
 more.)
