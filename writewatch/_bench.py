@@ -578,10 +578,10 @@ def jobs(plan, with_win32=True):
 
 def collect(plan, backends=None, progress=None, with_floor=True):
     """Run every workload of `plan` on every available backend (or those
-    named) and the C floor.  Each workload runs on the C floor and then on
-    every backend before the next one starts, so that a change in the
-    machine's load during the run hits all of them alike.  Returns a dict
-    (the --json document)."""
+    named) and the C floor.  Each workload runs `plan.passes` times, each
+    time on the C floor and then on every backend, before the next workload
+    starts, so that a change in the machine's load hits all of them alike;
+    each result is its best pass.  Returns a dict (the --json document)."""
     infos = writewatch.backends()
     if backends:
         known = {b.name for b in infos}
