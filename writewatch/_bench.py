@@ -944,51 +944,49 @@ PLOT_HINT = ("--plot needs matplotlib, which writewatch does not install by "
 def plot(doc, path):
     """Write a PNG: frame time against region size (1% written) and against
     written fraction (largest size), clean scan against size; log scales,
-    one line per backend and the C floor."""
+    one line per backend and the C floor (dashed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     names = [b["name"] for b in doc["backends"] if b["available"]] + ["floor"]
+    style = {n: dict(color="C%d" % i, marker="o") for i, n in enumerate(names)}
+    style["floor"] = dict(color="black", marker="s", linestyle="--")
+    label = {n: n for n in names}
+    label["floor"] = "C floor"
     frames = [r for r in doc["results"] if r["workload"] == "frame"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     m = doc["machine"]
-    fig.suptitle("writewatch bench (%s) - %s %s, %d CPUs"
-                 % (doc["mode"], m["kernel"], m["machine"], m["cpus"] or 0))
+    fig.suptitle("writewatch bench (%s) - %s %s, %s, %d CPUs"
+                 % (doc["mode"], m["kernel"], m["machine"], m["cpu"] or "unknown CPU",
+                    m["cpus"] or 0))
     fractions = sorted({r["fraction"] for r in frames})
     frac = 0.01 if 0.01 in fractions else (fractions[0] if fractions else None)
     sizes = sorted({r["size"] for r in frames})
     big = sizes[-1] if sizes else None
-    ax = axes[0]
-    for n in names:
-        pts = sorted((r["size"], r["value_ns"]) for r in frames
-                     if r["backend"] == n and r["fraction"] == frac)
-        if pts:
-            ax.plot([p[0] / MiB for p in pts], [p[1] / 1e3 for p in pts], "o-",
-                    label="C floor" if n == "floor" else n)
-    ax.set(xscale="log", yscale="log", xlabel="region size (MiB)",
-           ylabel="time per frame (us)",
-           title="frame loop, %s written" % (fmt_fraction(frac) if frac else "-"))
-    ax = axes[1]
-    for n in names:
-        pts = sorted((r["fraction"], r["value_ns"]) for r in frames
-                     if r["backend"] == n and r["size"] == big)
-        if pts:
-            ax.plot([p[0] * 100 for p in pts], [p[1] / 1e3 for p in pts], "o-",
-                    label="C floor" if n == "floor" else n)
-    ax.set(xscale="log", yscale="log", xlabel="pages written per frame (%)",
-           ylabel="time per frame (us)",
-           title="frame loop, %s region" % (fmt_size(big) if big else "-"))
-    ax = axes[2]
-    for n in names:
-        pts = sorted((r["size"], r["value_ns"]) for r in doc["results"]
-                     if r["workload"] == "clean" and r["backend"] == n)
-        if pts:
-            ax.plot([p[0] / MiB for p in pts], [p[1] / 1e3 for p in pts], "o-",
-                    label="C floor" if n == "floor" else n)
-    ax.set(xscale="log", yscale="log", xlabel="region size (MiB)",
-           ylabel="time per call (us)", title="clean get-and-reset")
-    for ax in axes:
+    panels = [
+        (axes[0], lambda r: r["workload"] == "frame" and r["fraction"] == frac,
+         lambda r: r["size"] / MiB, "region size (MiB)", "time per frame (us)",
+         "frame loop, %s of pages written" % (fmt_fraction(frac) if frac else "-")),
+        (axes[1], lambda r: r["workload"] == "frame" and r["size"] == big,
+         lambda r: r["fraction"] * 100, "pages written per frame (%)", "time per frame (us)",
+         "frame loop, %s region" % (fmt_size(big) if big else "-")),
+        (axes[2], lambda r: r["workload"] == "clean",
+         lambda r: r["size"] / MiB, "region size (MiB)", "time per call (us)",
+         "get-and-reset, nothing written"),
+    ]
+    plain = FuncFormatter(lambda v, _: "%g" % v)
+    for ax, keep, x, xlabel, ylabel, title in panels:
+        for n in names:
+            pts = sorted((x(r), r["value_ns"] / 1e3) for r in doc["results"]
+                         if r["backend"] == n and keep(r))
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label[n], **style[n])
+        ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(plain)
+            axis.set_minor_formatter(NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
