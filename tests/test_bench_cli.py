@@ -178,6 +178,21 @@ def test_targets_are_judged_from_the_ratios():
     assert t["win32 GetWriteWatch, 16 pages (pagemap)"]["met"] is True
 
 
+def test_targets_show_the_technique_bound_from_the_floor():
+    M = _bench.MiB
+    doc = _doc({("frame", "pagemap", 256 * M): 1.1e6, ("frame", "uffd", 256 * M): 8e6})
+    doc["results"] += [
+        dict(workload="frame", backend="floor", size=256 * M, fraction=0.01, written=655,
+             value_ns=1e6),
+        dict(workload="fault", backend="floor", tech="uffd-sync", value_ns=10000.0)]
+    t = {x["target"]: x for x in _bench.evaluate_targets(doc)}
+    vs_uffd = t["frame loop 256 MiB 1%: pagemap vs uffd"]
+    assert vs_uffd["met"] is False
+    assert vs_uffd["bound"] == 655 * 10000.0 / 1e6
+    assert "uffd-sync faults put this technique at ~6.5x" in vs_uffd["detail"]
+    assert "bound" not in t["frame loop 256 MiB 1%: pagemap vs mprotect"]   # not measured
+
+
 def test_targets_not_measured_say_why():
     doc = _doc({("frame", "pagemap", 256 * _bench.MiB): 100.0}, backends=("pagemap",),
                win32="writewatch.win32 not importable: nope")
