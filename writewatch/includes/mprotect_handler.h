@@ -651,43 +651,6 @@ static void ww_mp_release(struct ww_mp_region *r)
     free(r);
 }
 
-/* Re-arm the pages [a, b), all with W and protection `prot`: clear W first,
- * then take write permission away.  If that would go over the VMA budget,
- * or the kernel refuses it, the pages keep W (reported again: a superset). */
-static int ww_mp_rearm_run(struct ww_mp_region *r, size_t a, size_t b, unsigned prot)
-{
-    if (!(prot & PROT_WRITE)) {
-        /* Not writable anyway: nothing to take away. */
-        for (size_t k = a; k < b; k++)
-            __atomic_fetch_and(&r->state[k], (uint8_t)~WW_MP_W, __ATOMIC_ACQ_REL);
-        return 0;
-    }
-    long d = ww_mp_delta(r, a, b, prot, prot & ~(unsigned)PROT_WRITE);
-    if (ww_mp_over_budget(d)) {
-        __atomic_add_fetch(&ww_mp_nkept, 1, __ATOMIC_RELAXED);
-        __atomic_store_n(&ww_mp_degraded, 1, __ATOMIC_RELAXED);
-        return 0;
-    }
-    for (size_t k = a; k < b; k++)
-        __atomic_fetch_and(&r->state[k], (uint8_t)~WW_MP_W, __ATOMIC_ACQ_REL);
-    int rc = ww_mp_mprotect(r, a, b, prot & ~(unsigned)PROT_WRITE);
-    if (rc == 0) {
-        ww_mp_account(r, d);
-        return 0;
-    }
-    /* The pages stay writable: they must count as written again. */
-    if (rc == -ENOMEM) {
-        long ours = __atomic_load_n(&ww_mp_vmas, __ATOMIC_RELAXED);
-        if (__atomic_load_n(&ww_mp_vma_limit, __ATOMIC_RELAXED) > ours)
-            __atomic_store_n(&ww_mp_vma_limit, ours, __ATOMIC_RELAXED);
-    }
-    for (size_t k = a; k < b; k++)
-        __atomic_fetch_or(&r->state[k], WW_MP_W, __ATOMIC_ACQ_REL);
-    __atomic_add_fetch(&ww_mp_nkept, 1, __ATOMIC_RELAXED);
-    __atomic_store_n(&ww_mp_degraded, 1, __ATOMIC_RELAXED);
-    return rc == -ENOMEM ? 0 : rc;
-}
-
 /* Eight W bits at once: the index of the first page at or after i with W,
  * or n. */
 static inline size_t ww_mp_next_written(const struct ww_mp_region *r, size_t i, size_t n)
@@ -710,63 +673,134 @@ static inline size_t ww_mp_next_written(const struct ww_mp_region *r, size_t i, 
     return i;
 }
 
-/* Pages [a, b) with W into buf[*n ...] up to limit, ascending; with reset,
- * exactly those reported are re-armed.  0 or -errno. */
-static int ww_mp_collect(struct ww_mp_region *r, uintptr_t start, uintptr_t end, int reset,
-                         uint64_t *buf, size_t *n, size_t limit, const char **what)
+/* Every page of [a, b) is clean with caller protection `clean`'s. */
+static int ww_mp_all_clean(const struct ww_mp_region *r, size_t a, size_t b, uint8_t clean)
+{
+    for (size_t k = a; k < b; k++)
+        if (ww_mp_load(r, k) != clean)
+            return 0;
+    return 1;
+}
+
+/* A reset re-arms a span at a time: runs of reported pages, with W already
+ * cleared, separated by clean pages of the same protection (already without
+ * write permission).  One mprotect() takes write permission from the whole
+ * span -- the clean pages in it do not change -- instead of one per run:
+ * the kernel merges the span into one VMA. */
+struct ww_mp_span {
+    size_t a, b;
+    size_t runs;
+    unsigned prot;
+    int open;
+};
+
+/* Take write permission from the span.  If that would go over the VMA
+ * budget, or the kernel refuses it, every page of the span counts as
+ * written again and keeps its permission (reported again: a superset). */
+static int ww_mp_span_flush(struct ww_mp_region *r, struct ww_mp_span *s)
+{
+    if (!s->open)
+        return 0;
+    s->open = 0;
+    unsigned prot = s->prot, clean = prot & ~(unsigned)PROT_WRITE;
+    if (!(prot & PROT_WRITE))
+        return 0;                           /* not writable anyway */
+    /* VMAs: the 2 (runs - 1) boundaries inside go, the edges may change. */
+    long d = -2 * (long)(s->runs - 1);
+    if (s->a > 0) {
+        unsigned left = ww_mp_kprot(ww_mp_load(r, s->a - 1));
+        d += (left != clean) - (left != prot);
+    }
+    if (s->b < r->npages) {
+        unsigned right = ww_mp_kprot(ww_mp_load(r, s->b));
+        d += (right != clean) - (right != prot);
+    }
+    int rc = ww_mp_over_budget(d) ? -ENOMEM : ww_mp_mprotect(r, s->a, s->b, clean);
+    if (rc == 0) {
+        ww_mp_account(r, d);
+        return 0;
+    }
+    if (rc == -ENOMEM) {
+        long ours = __atomic_load_n(&ww_mp_vmas, __ATOMIC_RELAXED);
+        if (__atomic_load_n(&ww_mp_vma_limit, __ATOMIC_RELAXED) > ours)
+            __atomic_store_n(&ww_mp_vma_limit, ours, __ATOMIC_RELAXED);
+    }
+    for (size_t k = s->a; k < s->b; k++)
+        __atomic_fetch_or(&r->state[k], WW_MP_W, __ATOMIC_ACQ_REL);
+    __atomic_add_fetch(&ww_mp_nkept, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&ww_mp_degraded, 1, __ATOMIC_RELAXED);
+    return rc == -ENOMEM ? 0 : rc;
+}
+
+/* Pages of [start, end) with W, ascending: into buf[*n ...] up to limit
+ * (buf NULL: not reported, no limit).  With reset, exactly the pages found
+ * are re-armed: each one's W is cleared before write permission is taken
+ * away (a write landing in between is in a page this call reports).
+ * 0 or -errno. */
+static int ww_mp_scan(struct ww_mp_region *r, uintptr_t start, uintptr_t end, int reset,
+                      uint64_t *buf, size_t *n, size_t limit, const char **what)
 {
     size_t i = (start - r->base) >> r->shift, e = (end - r->base) >> r->shift;
+    struct ww_mp_span span = {0, 0, 0, 0, 0};
     int rc = 0;
     ww_mp_maybe_refresh();
     pthread_mutex_lock(&r->lock);
-    while (*n < limit) {
+    while (buf == NULL || *n < limit) {
         i = ww_mp_next_written(r, i, e);
         if (i >= e)
             break;
         /* A run of written pages with one protection, no longer than the room. */
         uint8_t b0 = ww_mp_load(r, i);
+        unsigned prot = WW_MP_PROT(b0);
         size_t j = i;
-        while (j < e && *n < limit && ww_mp_load(r, j) == b0) {
-            buf[(*n)++] = r->base + (j << r->shift);
+        while (j < e && (buf == NULL || *n < limit) && ww_mp_load(r, j) == b0) {
+            if (buf)
+                buf[(*n)++] = r->base + (j << r->shift);
             j++;
         }
         if (reset) {
-            rc = ww_mp_rearm_run(r, i, j, WW_MP_PROT(b0));
-            if (rc < 0) {
-                *what = "mprotect";
-                break;
+            for (size_t k = i; k < j; k++)
+                __atomic_fetch_and(&r->state[k], (uint8_t)~WW_MP_W, __ATOMIC_ACQ_REL);
+            if (span.open && span.prot == prot &&
+                ww_mp_all_clean(r, span.b, i, WW_MP_BYTE(prot))) {
+                span.b = j;
+                span.runs++;
+            } else {
+                struct ww_mp_span done = span;
+                span.a = i;
+                span.b = j;
+                span.runs = 1;
+                span.prot = prot;
+                span.open = 1;
+                rc = ww_mp_span_flush(r, &done);
+                if (rc < 0)
+                    break;
             }
         }
         i = j;
     }
+    {
+        int last = ww_mp_span_flush(r, &span);   /* always: W is cleared in it */
+        if (rc == 0)
+            rc = last;
+    }
+    if (rc < 0)
+        *what = "mprotect";
     pthread_mutex_unlock(&r->lock);
     return rc;
+}
+
+static int ww_mp_collect(struct ww_mp_region *r, uintptr_t start, uintptr_t end, int reset,
+                         uint64_t *buf, size_t *n, size_t limit, const char **what)
+{
+    return ww_mp_scan(r, start, end, reset, buf, n, limit, what);
 }
 
 static int ww_mp_reset(struct ww_mp_region *r, uintptr_t start, uintptr_t end,
                        const char **what)
 {
-    size_t i = (start - r->base) >> r->shift, e = (end - r->base) >> r->shift;
-    int rc = 0;
-    ww_mp_maybe_refresh();
-    pthread_mutex_lock(&r->lock);
-    for (;;) {
-        i = ww_mp_next_written(r, i, e);
-        if (i >= e)
-            break;
-        uint8_t b0 = ww_mp_load(r, i);
-        size_t j = i + 1;
-        while (j < e && ww_mp_load(r, j) == b0)
-            j++;
-        rc = ww_mp_rearm_run(r, i, j, WW_MP_PROT(b0));
-        if (rc < 0) {
-            *what = "mprotect";
-            break;
-        }
-        i = j;
-    }
-    pthread_mutex_unlock(&r->lock);
-    return rc;
+    size_t n = 0;
+    return ww_mp_scan(r, start, end, 1, NULL, &n, 0, what);
 }
 
 /* Change the caller-visible protection of [start, end) to prot, keeping W.
