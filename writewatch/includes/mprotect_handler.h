@@ -226,7 +226,7 @@ static int ww_mp_widen(struct ww_mp_region *r, size_t i, unsigned prot)
  * Give back every VMA this region's splits made: each run of pages with one
  * caller protection that allows writing becomes writable as a whole (whole
  * VMAs: no split) and counts as written.  No more splits until the budget
- * is taken again (the next region armed). */
+ * is taken again (ww_mp_maybe_refresh, or the next region armed). */
 static int ww_mp_widen_region(struct ww_mp_region *r)
 {
     size_t a = 0, runs = 0;
