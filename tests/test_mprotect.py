@@ -125,6 +125,23 @@ def test_read_of_a_no_access_page_is_a_real_fault():
     assert "Segmentation fault" in p.stderr
 
 
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86-64 machine code")
+def test_executing_a_written_page_is_a_real_fault():
+    # An instruction fetch from a page without PROT_EXEC is an access fault
+    # on a writable tracked page, but not a write: it must not be "resolved"
+    # (and retried) forever.
+    p = run(PRELUDE, """
+        r = writewatch.Region(4 * P, backend="mprotect")
+        memoryview(r)[0] = 0xC3           # ret
+        print("written", flush=True)
+        ctypes.CFUNCTYPE(None)(r.address)()
+        print("survived", flush=True)
+    """, flags=["-X", "faulthandler"])
+    assert p.returncode == -11, (p.returncode, p.stderr)
+    assert p.stdout.split() == ["written"]
+    assert "Segmentation fault" in p.stderr
+
+
 def test_faulthandler_enabled_after_the_region():
     # faulthandler.enable() puts its handler over ours; any Region call puts
     # ours back on top, chaining to faulthandler.  Then a real crash has its

@@ -263,6 +263,25 @@ static int ww_mp_widen_region(struct ww_mp_region *r)
     return failed ? -1 : 0;
 }
 
+/* How often in a row this thread has faulted at addr (slots shared with
+ * the chaining loop guard below; only used where faults cannot be told
+ * apart by their error code). */
+static unsigned ww_mp_repeats(uintptr_t addr)
+{
+    int tid = ww_mp_gettid();
+    unsigned t = (unsigned)tid % WW_MP_TSLOTS;
+    if (ww_mp_threads[t].tid != tid || ww_mp_threads[t].addr != addr) {
+        ww_mp_threads[t].tid = tid;
+        ww_mp_threads[t].depth = 0;
+        ww_mp_threads[t].addr = addr;
+        ww_mp_threads[t].count = 0;
+    }
+    if (++ww_mp_threads[t].count < WW_MP_LOOP_MAX)
+        return ww_mp_threads[t].count;
+    ww_mp_threads[t].count = 0;     /* start afresh for the chaining guard */
+    return WW_MP_LOOP_MAX;
+}
+
 /* A write fault at addr: 1 if it was a tracked page's first write and is
  * resolved, 0 if it is not ours (a real fault). */
 static int ww_mp_resolve(uintptr_t addr)
@@ -284,6 +303,13 @@ static int ww_mp_resolve(uintptr_t addr)
              * and set W again after that -- the reset may have cleared it
              * and re-protected in between, and the retried write must
              * count. */
+#if !defined(__x86_64__) || defined(WW_MP_NO_ERRCODE)
+            /* Without the fault's error code, an instruction fetch from a
+             * page without PROT_EXEC looks like this and would come back
+             * forever: the same address over and over is not ours. */
+            if (ww_mp_repeats(addr) >= WW_MP_LOOP_MAX)
+                goto out;
+#endif
             if (ww_mp_mprotect(r, i, i + 1, prot) == 0) {
                 __atomic_fetch_or(&r->state[i], WW_MP_W, __ATOMIC_ACQ_REL);
                 handled = 1;
@@ -391,13 +417,13 @@ static void ww_mp_chain(int sig, siginfo_t *si, void *uctx)
 
 static inline int ww_mp_is_write(void *uctx)
 {
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(WW_MP_NO_ERRCODE)
     /* The page-fault error code: bit 1 write, bit 4 instruction fetch. */
     unsigned long err = (unsigned long)((ucontext_t *)uctx)->uc_mcontext.gregs[REG_ERR];
     return (err & 2) && !(err & 16);
 #else
     (void)uctx;
-    return 1;     /* elsewhere: the loop guard catches a non-write fault */
+    return 1;     /* elsewhere: ww_mp_repeats() catches a non-write fault */
 #endif
 }
 
