@@ -16,6 +16,7 @@ from libc.stdlib cimport free, malloc, calloc
 from libc.string cimport memcpy, memset
 
 from writewatch.includes.system cimport *
+from writewatch.includes.uffd cimport *
 from writewatch._errors import (BackendUnavailable, ForkedRegionError,
                                 WriteWatchError, syscall_error)
 
@@ -32,5 +33,7 @@ include "_engine.pxi"
 include "_region.pxi"
 include "_registry.pxi"
 include "_pagemap.pxi"
+include "_uffd.pxi"
 
 _register("pagemap", _PagemapEngine, _probe_pagemap)
+_register("uffd", _UffdEngine, _probe_uffd)
