@@ -310,7 +310,10 @@ cdef class Region:
             raise BufferError("cannot close a Region while %d view(s) of its "
                               "memory exist" % self._exports)
         self._closed = True            # no new call can start
-        while self._busy > 0:          # let calls in other threads finish
+        # Let calls in other threads finish -- in this process: in a forked
+        # child, calls the parent had in flight at fork() belong to threads
+        # the child does not have, and never finish.
+        while self._busy > 0 and self._fork_gen == ww_fork_generation():
             with nogil:
                 sched_yield()
         self._unmap()

@@ -543,8 +543,8 @@ fail:
     return rc;
 }
 
-/* Unregister and leave the table.  Unregistering wakes every thread blocked
- * on a fault in the range; they retry against plain memory.  After this the
+/* Unregister, wake every thread blocked on a fault in the range (they retry
+ * against plain memory) and leave the table.  After this the
  * handler can no longer reach r (removal happens under ww_uffd.mu, which the
  * handler holds for as long as it uses a region).  In a forked child the
  * region's memory was never registered here: nothing to do. */
@@ -558,6 +558,9 @@ static void ww_uffd_detach(ww_uffd_region *r)
         range.start = r->base;
         range.len = r->end - r->base;
         ww_ioctl(ww_uffd.fd, UFFDIO_UNREGISTER, &range);
+        /* The kernel wakes waiters on unregister only for MISSING
+         * registrations: wake write-protect waiters ourselves. */
+        ww_ioctl(ww_uffd.fd, UFFDIO_WAKE, &range);
         r->registered = 0;
     }
     if (r->in_table)
