@@ -157,6 +157,10 @@ static int ww_sd_arm(ww_sd_region *r, uintptr_t base, size_t size, size_t page,
     pthread_mutex_lock(&ww_sd_mu);
     int rc = ww_sd_fold_and_clear(what);
     if (rc == 0) {
+        /* After the clear (see the header comment): no fresh mapping can
+         * merge into the region and carry its VM_SOFTDIRTY over it.  A
+         * failure only leaves that source of false positives open. */
+        madvise((void *)base, size, MADV_RANDOM);
         r->next = ww_sd_live;
         r->prev = NULL;
         if (ww_sd_live)
