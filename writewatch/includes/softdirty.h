@@ -25,12 +25,19 @@
  *    numpy operations do), ctypes -- by another thread can be lost.  A
  *    program that does not write from other threads while it resets loses
  *    nothing.
- *  - False positives.  The kernel marks a whole VMA soft-dirty when it is
- *    created or grows (a new mapping merged into it, mremap): its pages
- *    then all read as written once.  The region's own VMA is cleared when it
- *    is armed, but a later mapping merged into a region's VMA marks the
- *    region written.  Discarded pages read clean unless their VMA is
- *    marked.
+ *  - False positives, and how regions avoid the main source.  pagemap
+ *    reports bit 55 for every page of a VMA flagged VM_SOFTDIRTY, and every
+ *    new mapping starts flagged.  When a later mapping merges with a
+ *    region's VMA, the merged VMA takes the newcomer's flags (madvise and
+ *    mprotect set vma->vm_flags = new_flags after vma_merge(); seen on
+ *    Linux 6.1: Region() of a neighbour, whose MADV_NOHUGEPAGE merged it,
+ *    marked every page of the older region written).  So arm() gives each
+ *    region MADV_RANDOM (VM_RAND_READ: for anonymous memory it only turns
+ *    off swap readahead) *after* its clear_refs: a fresh mapping, which
+ *    lacks that flag, can no longer merge into a tracked region, and two
+ *    tracked regions merge only with clean flags.  Left: mremap or other
+ *    kernel paths that flag a VMA soft-dirty can still report whole
+ *    regions once.  Discarded pages read clean unless their VMA is flagged.
  *  - Cost: clear_refs walks (and write-protects) every page table of the
  *    process, so the next write to *any* page of the process takes a minor
  *    fault; a reset costs in proportion to the process, not the region.
