@@ -10,6 +10,8 @@ cdef inline size_t _round_up(size_t x, size_t page) noexcept nogil:
 
 cdef object _index(object value, str name):
     """operator.index with a message that names the argument."""
+    if type(value) is int:
+        return value
     if isinstance(value, float):
         raise TypeError("%s must be an integer, not float" % name)
     try:
@@ -19,6 +21,7 @@ cdef object _index(object value, str name):
                         % (name, type(value).__name__)) from None
 
 
+@cython.auto_pickle(False)
 cdef class Region:
     """Anonymous, zero-filled read/write memory whose written pages are tracked.
 
@@ -158,6 +161,10 @@ cdef class Region:
         the region.  None means the region's start / up to its end."""
         cdef uintptr_t base = self._base
         cdef uintptr_t limit = self._base + self._size
+        if address is None and size is None:      # the whole region: no int objects
+            start[0] = base
+            end[0] = limit
+            return 0
         if address is None:
             a = base
         else:
@@ -202,7 +209,8 @@ cdef class Region:
         cdef uint64_t *heap = NULL
         cdef const char *what = NULL
         cdef int rc
-        cdef bint do_reset = bool(reset)
+        cdef bint do_reset = reset
+        cdef np.npy_intp dims[1]
         cdef size_t limit
         cdef np.ndarray outarr
         self._check_tracking()
@@ -237,7 +245,8 @@ cdef class Region:
                 self._fail(rc, what)
             if out is not None:
                 return out[:sink.n]
-            result = np.empty(sink.n, dtype=np.uint64)
+            dims[0] = <np.npy_intp>sink.n
+            result = np.PyArray_EMPTY(1, dims, np.NPY_UINT64, 0)
             if sink.n:
                 memcpy(np.PyArray_DATA(result), sink.buf, sink.n * sizeof(uint64_t))
             return result
@@ -343,17 +352,20 @@ cdef class Region:
 
 
 cdef np.ndarray _check_out(object out):
-    if not isinstance(out, np.ndarray):
+    # C-API checks: this sits on the hot path of every out= call.
+    if not np.PyArray_Check(out):
         raise TypeError("out must be a numpy.ndarray of uint64, not %s"
                         % type(out).__name__)
-    if out.dtype != np.uint64:
-        raise TypeError("out must have dtype uint64, not %s" % out.dtype)
-    if out.ndim != 1:
+    cdef np.ndarray arr = <np.ndarray>out
+    if not (np.PyArray_ISUNSIGNED(arr) and np.PyArray_ITEMSIZE(arr) == 8
+            and np.PyArray_ISNOTSWAPPED(arr)):
+        raise TypeError("out must have dtype uint64, not %s" % arr.dtype)
+    if np.PyArray_NDIM(arr) != 1:
         raise ValueError("out must be one-dimensional")
-    if not out.flags.c_contiguous:
+    if not np.PyArray_IS_C_CONTIGUOUS(arr):
         raise ValueError("out must be contiguous")
-    if not out.flags.writeable:
+    if not np.PyArray_ISWRITEABLE(arr):
         raise ValueError("out must be writeable")
-    if out.shape[0] == 0:
+    if np.PyArray_DIM(arr, 0) == 0:
         raise ValueError("out must have room for at least one address")
-    return out
+    return arr
