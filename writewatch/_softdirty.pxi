@@ -8,6 +8,7 @@
 # without the GIL (kernel writes, C code that released it) can fall in it.
 
 
+@cython.auto_pickle(False)
 cdef class _SoftDirtyEngine(Engine):
     cdef ww_sd_region *r
 

@@ -7,6 +7,7 @@
 from libc.errno cimport ETIMEDOUT
 
 
+@cython.auto_pickle(False)
 cdef class _UffdEngine(Engine):
     cdef ww_uffd_region *r
 
