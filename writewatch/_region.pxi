@@ -10,6 +10,8 @@ cdef inline size_t _round_up(size_t x, size_t page) noexcept nogil:
 
 cdef object _index(object value, str name):
     """operator.index with a message that names the argument."""
+    if type(value) is int:
+        return value
     if isinstance(value, float):
         raise TypeError("%s must be an integer, not float" % name)
     try:
@@ -19,6 +21,10 @@ cdef object _index(object value, str name):
                         % (name, type(value).__name__)) from None
 
 
+# no_gc_clear: a Region collected as part of a reference cycle must still
+# have its engine in __dealloc__, to detach and release it (the mprotect
+# engine's table entry, the pagemap engine's userfaultfd).
+@cython.no_gc_clear
 @cython.auto_pickle(False)
 cdef class Region:
     """Anonymous, zero-filled read/write memory whose written pages are tracked.
@@ -159,6 +165,10 @@ cdef class Region:
         the region.  None means the region's start / up to its end."""
         cdef uintptr_t base = self._base
         cdef uintptr_t limit = self._base + self._size
+        if address is None and size is None:      # the whole region: no int objects
+            start[0] = base
+            end[0] = limit
+            return 0
         if address is None:
             a = base
         else:
@@ -313,7 +323,9 @@ cdef class Region:
             raise BufferError("cannot close a Region while %d view(s) of its "
                               "memory exist" % self._exports)
         self._closed = True            # no new call can start
-        while self._busy > 0:          # let calls in other threads finish
+        # Let calls in other threads finish -- but in a forked child those
+        # threads do not exist: a call in flight at fork() never ends there.
+        while self._busy > 0 and self._fork_gen == ww_fork_generation():
             with nogil:
                 sched_yield()
         self._unmap()
