@@ -1,0 +1,200 @@
+"""Stateful tests: random sequences of writes, gets, resets, protection
+changes and discards on two regions at once, every result compared with the
+reference model (tests/model.py), on every backend.
+
+Hypothesis shrinks a failure to a minimal sequence; each one found is kept
+below as an explicit regression test replaying it.  Example counts come from
+the model's settings profile (small in CI; WRITEWATCH_HYPOTHESIS=long for a
+long local run).
+"""
+
+import mmap
+import os
+
+import numpy as np
+import pytest
+from hypothesis import assume, strategies as st
+from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant,
+                                 precondition, rule, run_state_machine_as_test)
+
+import writewatch
+from conftest import BACKENDS, PAGE, require_backend
+from model import READ, WRITE, PageModel, profile
+
+PROTS = {"rw": mmap.PROT_READ | mmap.PROT_WRITE, "r": mmap.PROT_READ, "none": 0}  # PROT_NONE
+MODEL_PROT = {"rw": READ | WRITE, "r": READ, "none": 0}
+MAX_PAGES = 24
+
+
+class Tracked:
+    """A region, a numpy view of it, and its model."""
+
+    def __init__(self, backend, npages):
+        self.region = writewatch.Region(npages * PAGE, backend=backend)
+        self.view = np.frombuffer(self.region, dtype=np.uint8)
+        self.model = PageModel(self.region.address, npages, PAGE)
+        self.npages = npages
+
+    def close(self):
+        self.view = None
+        self.region.close()
+
+
+class RegionMachine(RuleBasedStateMachine):
+    backend = None            # set by the test that runs the machine
+
+    @initialize(n0=st.integers(1, MAX_PAGES), n1=st.integers(1, MAX_PAGES))
+    def make(self, n0, n1):
+        self.regions = [Tracked(self.backend, n0), Tracked(self.backend, n1)]
+        self.pipe = os.pipe()
+
+    def teardown(self):
+        for t in getattr(self, "regions", ()):
+            t.close()
+        for fd in getattr(self, "pipe", ()):
+            os.close(fd)
+
+    # -- helpers --------------------------------------------------------------
+
+    def _span(self, data, t, max_len):
+        """An (offset, length) inside region t, any alignment."""
+        size = t.npages * PAGE
+        off = data.draw(st.integers(0, size - 1), label="offset")
+        length = data.draw(st.integers(1, min(max_len, size - off)), label="length")
+        return off, length
+
+    def _range(self, data, t):
+        """(address, size) arguments for a range call, None meaning default."""
+        size = t.npages * PAGE
+        base = t.region.address
+        if data.draw(st.booleans(), label="whole"):
+            return None, None
+        off, length = self._span(data, t, size)
+        if data.draw(st.booleans(), label="size to end"):
+            return base + off, None
+        return base + off, length
+
+    # -- writes ---------------------------------------------------------------
+
+    @rule(data=st.data(), which=st.integers(0, 1), value=st.integers(0, 255))
+    def write_byte(self, data, which, value):
+        t = self.regions[which]
+        off = data.draw(st.integers(0, t.npages * PAGE - 1), label="offset")
+        assume(t.model.can_write(off, 1))
+        t.view[off] = value
+        t.model.write(off, bytes([value]))
+
+    @rule(data=st.data(), which=st.integers(0, 1), value=st.integers(0, 255))
+    def write_straddling(self, data, which, value):
+        t = self.regions[which]
+        assume(t.npages >= 2)
+        k = data.draw(st.integers(1, t.npages - 1), label="boundary")
+        before = data.draw(st.integers(1, 16), label="before")
+        after = data.draw(st.integers(1, 16), label="after")
+        off = k * PAGE - before
+        assume(t.model.can_write(off, before + after))
+        t.view[off:off + before + after] = value
+        t.model.write(off, bytes([value]) * (before + after))
+
+    @rule(data=st.data(), which=st.integers(0, 1), value=st.integers(0, 255))
+    def write_numpy_slice(self, data, which, value):
+        t = self.regions[which]
+        off, length = self._span(data, t, 3 * PAGE)
+        step = data.draw(st.sampled_from([1, 1, 7, PAGE + 1]), label="step")
+        assume(t.model.can_write(off, length))
+        t.view[off:off + length:step] = value
+        for i in range(off, off + length, step):
+            t.model.write(i, bytes([value]))
+
+    @rule(data=st.data(), which=st.integers(0, 1), value=st.integers(1, 255))
+    def write_by_kernel(self, data, which, value):
+        """os.readv from a pipe: the kernel writes (copy_to_user)."""
+        t = self.regions[which]
+        off, length = self._span(data, t, 3 * PAGE)
+        assume(t.model.can_write(off, length))
+        payload = bytes([value]) * length
+        assert os.write(self.pipe[1], payload) == length
+        target = memoryview(t.region)[off:off + length]
+        try:
+            assert os.readv(self.pipe[0], [target]) == length
+        finally:
+            target.release()
+        t.model.write(off, payload)
+
+    # -- write watch ----------------------------------------------------------
+
+    @rule(data=st.data(), which=st.integers(0, 1), reset=st.booleans(),
+          max_count=st.one_of(st.none(), st.integers(1, MAX_PAGES + 2)),
+          out_len=st.one_of(st.none(), st.integers(1, MAX_PAGES + 2)))
+    def get(self, data, which, reset, max_count, out_len):
+        t = self.regions[which]
+        address, size = self._range(data, t)
+        limit = max_count
+        out = None
+        if out_len is not None:
+            out = np.full(out_len, 0xDEADBEEF, dtype=np.uint64)
+            limit = out_len if limit is None else min(limit, out_len)
+        got = t.region.get_write_watch(address, size, reset=reset,
+                                       max_count=max_count, out=out)
+        want = t.model.get(address, size, reset=reset, max_count=limit)
+        assert got.dtype == np.uint64
+        assert [int(a) for a in got] == want
+        if out is not None:
+            assert got.ctypes.data == out.ctypes.data     # a prefix view of out
+            assert (out[len(got):] == 0xDEADBEEF).all()   # nothing past the prefix
+
+    @rule(data=st.data(), which=st.integers(0, 1))
+    def reset(self, data, which):
+        t = self.regions[which]
+        address, size = self._range(data, t)
+        t.region.reset_write_watch(address, size)
+        t.model.reset(address, size)
+
+    # -- protection and discard (the hooks win32 builds on) ------------------
+
+    @rule(data=st.data(), which=st.integers(0, 1), prot=st.sampled_from(sorted(PROTS)))
+    def protect(self, data, which, prot):
+        t = self.regions[which]
+        off, length = self._span(data, t, t.npages * PAGE)
+        t.region._protect(t.region.address + off, length, PROTS[prot])
+        t.model.protect(t.region.address + off, length, MODEL_PROT[prot])
+
+    @rule(data=st.data(), which=st.integers(0, 1))
+    def discard(self, data, which):
+        t = self.regions[which]
+        off, length = self._span(data, t, t.npages * PAGE)
+        t.region._discard(t.region.address + off, length)
+        t.model.discard(t.region.address + off, length)
+
+    # -- invariants -------------------------------------------------------------
+
+    @invariant()
+    def contents_match(self):
+        """Reading is not writing: compare every readable page's bytes."""
+        for t in getattr(self, "regions", ()):
+            for p in range(t.npages):
+                if t.model.can_read(p):
+                    got = t.view[p * PAGE:(p + 1) * PAGE].tobytes()
+                    assert got == bytes(t.model.data[p * PAGE:(p + 1) * PAGE]), p
+
+    @precondition(lambda self: hasattr(self, "regions"))
+    @invariant()
+    def nothing_written_by_reading(self):
+        """A non-resetting whole-region get agrees with the model (and, being
+        a read, changes nothing)."""
+        for t in self.regions:
+            assert [int(a) for a in t.region.get_write_watch()] == t.model.get()
+
+
+def machine_for(backend):
+    return type("RegionMachine_" + backend, (RegionMachine,), {"backend": backend})
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_region_against_model(name):
+    require_backend(name)
+    run_state_machine_as_test(machine_for(name), settings=profile())
+
+
+# -- regression tests: minimal sequences found by the machine ------------------
+# Each replays, step by step, a sequence Hypothesis shrank a failure to.
