@@ -1,7 +1,49 @@
 # Region: the one public type.  Shared logic lives here, above the engines.
 
+import bisect
+import weakref
+
 cdef enum:
     LOCAL_SLOTS = 512      # results up to this many pages need no malloc
+
+
+# The ranges of the open regions: sorted base addresses, and base -> weak
+# reference.  The kernel never maps over a live mapping, so a new region that
+# overlaps an open one proves the old one was unmapped behind the library's
+# back -- and its scans would now read (and reset!) the new region's pages,
+# which are write-watched too.  The old region is then marked lost.
+cdef list _live_bases = []
+cdef dict _live = {}
+
+
+cdef _claim_range(Region region):
+    cdef uintptr_t base = region._base
+    cdef uintptr_t end = region._base + region._size
+    cdef Py_ssize_t j = bisect.bisect_right(_live_bases, base) - 1
+    if j < 0:
+        j = 0
+    while j < len(_live_bases) and _live_bases[j] < end:
+        other = _live[_live_bases[j]]()
+        if other is None:                               # stale entry
+            del _live[_live_bases[j]]
+            del _live_bases[j]
+        elif (<Region>other)._base + (<Region>other)._size > base:
+            (<Region>other)._lost = True
+            _release_range(<Region>other)
+        else:
+            j += 1
+    bisect.insort(_live_bases, base)
+    _live[base] = weakref.ref(region)
+
+
+cdef _release_range(Region region):
+    if _live is None:              # interpreter shutdown
+        return
+    ref = _live.get(region._base)
+    # In __dealloc__ the weak reference is already dead.
+    if ref is not None and ref() in (region, None):
+        del _live[region._base]
+        _live_bases.remove(region._base)
 
 
 cdef inline size_t _round_up(size_t x, size_t page) noexcept nogil:
@@ -55,6 +97,8 @@ cdef class Region:
     cdef bint _closed
     cdef bint _mapped
     cdef uint64_t _fork_gen
+    cdef bint _lost            # unmapped behind our back, the range reused
+    cdef object __weakref__
 
     def __cinit__(self):
         self._closed = True
@@ -118,6 +162,7 @@ cdef class Region:
         self._backend = name
         self._fork_gen = ww_fork_generation()
         self._closed = False
+        _claim_range(self)
 
     # -- properties -----------------------------------------------------
 
@@ -157,6 +202,11 @@ cdef class Region:
     cdef int _check_open(self) except -1:
         if self._closed:
             raise ValueError("operation on a closed Region")
+        if self._lost:
+            raise OSError(EFAULT, "Region [%#x, %#x) was unmapped behind writewatch's "
+                          "back and its addresses now belong to another region; "
+                          "its memory and write-watch state are lost"
+                          % (self._base, self._base + self._size))
         return 0
 
     cdef int _check_tracking(self) except -1:
@@ -226,6 +276,7 @@ cdef class Region:
         cdef bint do_reset = bool(reset)
         cdef size_t limit
         cdef np.ndarray outarr
+        cdef np.ndarray result = None
         self._check_tracking()
         self._range(address, size, &start, &end)
         limit = (end - start) // self._page
@@ -240,6 +291,11 @@ cdef class Region:
             if <size_t>np.PyArray_DIM(outarr, 0) < limit:
                 limit = <size_t>np.PyArray_DIM(outarr, 0)
             sink.buf = <uint64_t *>np.PyArray_DATA(outarr)
+        elif do_reset:
+            # The result array is made before the pages are re-armed: a
+            # MemoryError after the reset would lose them (reported to no one).
+            result = np.empty(limit, dtype=np.uint64)
+            sink.buf = <uint64_t *>np.PyArray_DATA(result)
         elif limit <= LOCAL_SLOTS:
             sink.buf = local
         else:
@@ -262,6 +318,13 @@ cdef class Region:
                 self._fail(rc, what)
             if out is not None:
                 return out[:sink.n]
+            if result is not None:
+                if sink.n < limit:
+                    try:
+                        result.resize(sink.n, refcheck=False)   # shrinks in place
+                    except MemoryError:
+                        return result[:sink.n]
+                return result
             result = np.empty(sink.n, dtype=np.uint64)
             if sink.n:
                 memcpy(np.PyArray_DATA(result), sink.buf, sink.n * sizeof(uint64_t))
@@ -357,7 +420,9 @@ cdef class Region:
             return
         if self._engine is not None:
             self._engine.detach()
-        munmap(<void *>self._base, self._size)
+        if not self._lost:             # else the range is another region's now
+            _release_range(self)
+            munmap(<void *>self._base, self._size)
         self._mapped = False
         if self._engine is not None:
             self._engine.release()
