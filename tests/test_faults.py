@@ -65,6 +65,16 @@ class Witness:
         self.want = sorted(self.want + extra)
         check(pages(self.r) == self.want, "%%s: witness tracks a new write" %% label)
 
+def uffd_fds():
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink("/proc/self/fd/" + fd) == "anon_inode:[userfaultfd]":
+                found.add(int(fd))
+        except OSError:
+            pass
+    return found
+
 def raises(exc, fn, *a, **kw):
     try:
         fn(*a, **kw)
@@ -301,4 +311,252 @@ def test_range_reused_by_another_region_is_noticed(backend):
         w.intact("after A and B")
         print("DONE")
     ''')
+    assert "DONE" in out
+
+
+# -- EINTR ------------------------------------------------------------------------
+
+def test_signal_storm_during_long_scans(backend):
+    """SIGALRM every 50 us (Python handler, so no SA_RESTART: every blocking
+    syscall in between can fail with EINTR) while 1 GiB regions are made and
+    scanned: every result exact, nothing raised."""
+    out = run_child(backend, r'''
+        import random
+        hits = [0]
+        def on_alarm(signum, frame):
+            hits[0] += 1
+        signal.signal(signal.SIGALRM, on_alarm)
+        w = Witness()
+        signal.setitimer(signal.ITIMER_REAL, 0.00005, 0.00005)
+        N = (1 << 30) // P
+        big = writewatch.Region(N * P, backend=BACKEND)
+        rng = random.Random(7)
+        want = sorted(rng.sample(range(N), 3000))
+        for rnd in range(15):
+            write(big, want)
+            check(pages(big) == want, "round %d: get" % rnd) if rnd == 0 else None
+            if pages(big) != want:
+                check(False, "round %d: get" % rnd)
+            k = rng.randrange(1, 3000)
+            if pages(big, max_count=k) != want[:k]:
+                check(False, "round %d: max_count" % rnd)
+            if pages(big, reset=True) != want:
+                check(False, "round %d: get-and-reset" % rnd)
+            if pages(big):
+                check(False, "round %d: clean after reset" % rnd)
+            write(big, want[:10])
+            big.reset_write_watch()
+            if pages(big):
+                check(False, "round %d: reset_write_watch" % rnd)
+            again = writewatch.Region(N * P, backend=BACKEND)   # arm 1 GiB under fire
+            write(again, [N - 1])
+            if pages(again) != [N - 1]:
+                check(False, "round %d: new region" % rnd)
+            again.close()
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        check(hits[0] > 100, "%d signals arrived during the scans" % hits[0])
+        w.intact("after the storm")
+        print("DONE")
+    ''')
+    assert "DONE" in out
+
+
+# -- the userfaultfd closed, fds exhausted -------------------------------------------
+
+def test_userfaultfd_closed_behind_the_back():
+    require_backend("pagemap")
+    out = run_child("pagemap", r'''
+        w = Witness()
+        before = uffd_fds()
+        r = writewatch.Region(8 * P, backend=BACKEND)
+        write(r, [2])
+        mine = uffd_fds() - before
+        check(len(mine) == 1, "the region's userfaultfd is fd %s" % mine)
+        os.close(mine.pop())
+        for call, kw in (("get_write_watch", {}), ("get_write_watch", {"reset": True}),
+                         ("reset_write_watch", {})):
+            e = raises(OSError, getattr(r, call), **kw)
+            check(e.errno == errno.EPERM and "userfaultfd" in str(e), "%s%s: %s" % (call, kw, e))
+        e = raises(OSError, r._discard, r.address, P)
+        check("UFFDIO_WRITEPROTECT" in str(e), "_discard: %s" % e)
+        w.intact("after the close")
+        r.close()
+        w.intact("after closing the broken region")
+        print("DONE")
+    ''')
+    assert "DONE" in out
+
+
+def test_rlimit_nofile_exhausted(backend):
+    """No fd left: a new region fails cleanly (the open regions go on), and
+    works again as soon as an fd is free."""
+    out = run_child(backend, r'''
+        w = Witness()
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+        held = []
+        try:
+            while True:
+                held.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError as e:
+            check(e.errno == errno.EMFILE, "fds exhausted after %d opens" % len(held))
+        try:
+            r = writewatch.Region(8 * P, backend=BACKEND)
+        except OSError as e:
+            check(e.errno == errno.EMFILE and "(" in str(e), "Region fails cleanly: %s" % e)
+        else:                       # a backend that needs no fd of its own
+            write(r, [1]); check(pages(r) == [1], "Region without a new fd works")
+            r.close()
+        w.intact("fds exhausted")
+        os.close(held.pop())
+        r = writewatch.Region(8 * P, backend=BACKEND)
+        write(r, [5])
+        check(pages(r, reset=True) == [5] and pages(r) == [], "works again with one fd free")
+        r.close()
+        w.intact("after recovery")
+        print("DONE")
+    ''')
+    assert "DONE" in out
+
+
+def test_fds_exhausted_before_the_first_probe():
+    """The probe itself meets EMFILE: the backend is reported unavailable
+    with the reason -- and probed again once fds are free, not written off
+    for the life of the process."""
+    out = run_child(None, r'''
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+        held = []
+        try:
+            while True:
+                held.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            pass
+        try:
+            r = writewatch.Region(8 * P, backend="pagemap")
+        except writewatch.BackendUnavailable as e:
+            check("Too many open files" in str(e), "probe under EMFILE: %s" % e)
+        else:
+            check(False, "Region made without a free fd")
+        for fd in held:
+            os.close(fd)
+        r = writewatch.Region(8 * P, backend="pagemap")
+        write(r, [5])
+        check(pages(r) == [5], "pagemap available once fds are free")
+        check(writewatch.backends()[0].available, "backends() agrees")
+        print("DONE")
+    ''')
+    assert "DONE" in out
+
+
+# -- /proc/self/pagemap unreadable --------------------------------------------------
+# Real injection, no mocking: a private mount namespace (root only) in which
+# /proc is an empty tmpfs (a chroot or container without /proc), or in which
+# /dev/null is bind-mounted over /proc/self/pagemap.
+
+HIDE_PROC = r'''
+libc.unshare.argtypes = [ctypes.c_int]
+libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+def hide_pagemap(how):
+    check(libc.unshare(0x20000) == 0, "unshare(CLONE_NEWNS)")            # CLONE_NEWNS
+    check(libc.mount(b"none", b"/", None, 16384 | (1 << 18), None) == 0, "make / rprivate")
+    if how == "tmpfs":
+        check(libc.mount(b"tmpfs", b"/proc", b"tmpfs", 0, None) == 0, "tmpfs over /proc")
+    else:
+        check(libc.mount(b"/dev/null", b"/proc/self/pagemap", None, 4096, None) == 0,
+              "/dev/null bound over /proc/self/pagemap")
+'''
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need root here")
+
+
+@needs_root
+@pytest.mark.parametrize("how, reason", [("tmpfs", "No such file or directory"),
+                                         ("devnull", "Inappropriate ioctl")])
+def test_pagemap_unreadable_before_first_use(how, reason):
+    out = run_child(None, HIDE_PROC + r'''
+hide_pagemap(%r)
+info = writewatch.backends()[0]
+check(info.name == "pagemap" and not info.available and %r in info.reason,
+      "pagemap reported unavailable: %%s" %% info.reason)
+e = raises(writewatch.BackendUnavailable, writewatch.Region, P, backend="pagemap")
+check(%r in str(e), "Region(backend='pagemap'): %%s" %% e)
+others = [b.name for b in writewatch.backends() if b.available]
+if others:
+    r = writewatch.Region(4 * P)
+    write(r, [2]); check(pages(r) == [2], "the next backend (%%s) takes over" %% r.backend)
+else:
+    e = raises(writewatch.BackendUnavailable, writewatch.Region, P)
+    check("pagemap" in str(e), "no backend left: %%s" %% e)
+print("DONE")
+''' % (how, reason, reason))
+    assert "DONE" in out
+
+
+@needs_root
+def test_pagemap_hidden_after_regions_exist():
+    """Regions made before /proc vanished keep working (the pagemap fd is
+    already open); a forked child, which must reopen it, fails cleanly."""
+    require_backend("pagemap")
+    out = run_child("pagemap", HIDE_PROC + r'''
+w = Witness()
+hide_pagemap("tmpfs")
+w.intact("/proc hidden")
+r = writewatch.Region(4 * P, backend=BACKEND)       # same process: cached fd
+write(r, [1]); check(pages(r) == [1], "new region in the same process works")
+pid = os.fork()
+if pid == 0:
+    try:
+        writewatch.Region(4 * P, backend=BACKEND)
+    except OSError as e:
+        os._exit(0 if e.errno == errno.ENOENT and "open(/proc/self/pagemap)" in str(e) else 3)
+    os._exit(4)
+_, status = os.waitpid(pid, 0)
+check(os.waitstatus_to_exitcode(status) == 0, "child's Region fails cleanly naming the open")
+w.intact("after the child")
+print("DONE")
+''')
+    assert "DONE" in out
+
+
+# -- fork ---------------------------------------------------------------------------
+
+def test_fork_then_use_in_the_child(backend):
+    out = run_child(backend, r'''
+w = Witness()
+r = writewatch.Region(8 * P, backend=BACKEND)
+write(r, [1])
+pid = os.fork()
+if pid == 0:
+    code = 0
+    for call, args, kw in (("get_write_watch", (), {}), ("get_write_watch", (), {"reset": True}),
+                           ("reset_write_watch", (), {}), ("_protect", (r.address, P, 1), {}),
+                           ("_discard", (r.address, P), {})):
+        try:
+            getattr(r, call)(*args, **kw)
+            code = 10
+        except writewatch.ForkedRegionError as e:
+            if "fork" not in str(e):
+                code = 11
+    write(r, [2, 3, 4])                       # the child's copy: written freely
+    v = np.frombuffer(r, dtype=np.uint8)
+    if v[2 * P + 26] != 1:
+        code = 12
+    del v
+    mine = writewatch.Region(4 * P, backend=BACKEND)   # the child's own region is tracked
+    write(mine, [3])
+    if pages(mine) != [3]:
+        code = 13
+    mine.close()
+    r.close()
+    os._exit(code)
+_, status = os.waitpid(pid, 0)
+check(os.waitstatus_to_exitcode(status) == 0, "child: ForkedRegionError, free writes, own region (%d)"
+      % os.waitstatus_to_exitcode(status))
+check(pages(r) == [1], "parent exact: the child's writes are not the parent's")
+write(r, [6])
+check(pages(r, reset=True) == [1, 6] and pages(r) == [], "parent still tracks")
+w.intact("after the fork")
+print("DONE")
+''')
     assert "DONE" in out

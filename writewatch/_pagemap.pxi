@@ -192,6 +192,8 @@ def _probe_pagemap():
     try:
         features = _uffd_features()
     except OSError as e:
+        if e.errno in _TRANSIENT_ERRNOS:
+            raise                       # not remembered: see _probe()
         return False, "userfaultfd: %s" % e
     missing = [n for n, bit in (("UFFD_FEATURE_WP_ASYNC", UFFD_FEATURE_WP_ASYNC),
                                 ("UFFD_FEATURE_WP_UNPOPULATED", UFFD_FEATURE_WP_UNPOPULATED))
@@ -201,6 +203,8 @@ def _probe_pagemap():
     try:
         r = Region(2 * _PAGE_SIZE, backend=_FORCE_PREFIX + "pagemap")
     except OSError as e:
+        if e.errno in _TRANSIENT_ERRNOS:
+            raise
         return False, str(e)
     try:
         view = memoryview(r)
