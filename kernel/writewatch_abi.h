@@ -30,7 +30,7 @@
 #define PAGE_IS_SOFT_DIRTY  (1 << 7)
 #endif
 #ifndef PAGE_IS_GUARD
-#define PAGE_IS_GUARD       (1 << 8)  /* Linux 6.14 */
+#define PAGE_IS_GUARD       (1 << 8)  /* Linux 6.16 (kernel/README.md) */
 #endif
 
 #ifndef PM_SCAN_WP_MATCHING

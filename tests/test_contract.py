@@ -551,3 +551,13 @@ def test_no_fd_or_mapping_leak_over_thousands_of_regions(backend):
     gc.collect()
     assert _fds() == fds
     assert _maps() <= maps + 2
+
+
+def test_regions_cannot_be_copied_or_pickled(make_region):
+    # A copy would alias (and later unmap) memory it does not own.
+    import copy
+    import pickle
+    r = make_region(2)
+    for f in (pickle.dumps, copy.copy, copy.deepcopy):
+        with pytest.raises(TypeError):
+            f(r)

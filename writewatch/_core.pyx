@@ -3,6 +3,7 @@
 the backends themselves.  The parts live in .pxi files pulled in below
 (uvloop's layout); every C declaration is in includes/system.pxd."""
 
+cimport cython
 import collections
 import operator
 import os

@@ -21,6 +21,7 @@ cdef inline void sink_put_run(Sink *sink, uint64_t start, uint64_t end,
         start += page
 
 
+@cython.auto_pickle(False)
 cdef class Engine:
     """One backend's state for one region.  Subclasses override the hooks."""
 

@@ -5,7 +5,7 @@
 
 cdef enum:
     SCAN_VEC_LEN = 256          # struct page_region slots per ioctl (6 KiB of stack)
-    RESET_VEC_LEN = 32
+
     MIN_WINDOW = 64 * 1024      # first scan window when max_count bounds the call
 
 
@@ -123,11 +123,11 @@ cdef class _PagemapEngine(Engine):
         # A reset is a scan that write-protects what it matches.  The vec is
         # never empty: a NULL vec with vec_len 0 could crash 6.7+ kernels on a
         # partly covered huge page (kernel/README.md).
-        cdef page_region vec[RESET_VEC_LEN]
+        cdef page_region vec[SCAN_VEC_LEN]
         cdef pm_scan_arg arg
         cdef long r
         cdef uintptr_t pos = start
-        _scan_arg_init(&arg, PM_SCAN_WP_MATCHING, vec, RESET_VEC_LEN)
+        _scan_arg_init(&arg, PM_SCAN_WP_MATCHING, vec, SCAN_VEC_LEN)
         while pos < end:
             arg.start = pos
             arg.end = end

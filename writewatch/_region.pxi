@@ -76,6 +76,7 @@ cdef object _index(object value, str name):
                         % (name, type(value).__name__)) from None
 
 
+@cython.auto_pickle(False)
 cdef class Region:
     """Anonymous, zero-filled read/write memory whose written pages are tracked.
 
@@ -273,7 +274,9 @@ cdef class Region:
         cdef uint64_t *heap = NULL
         cdef const char *what = NULL
         cdef int rc = 0, mapped = 0
-        cdef bint do_reset = bool(reset)
+        cdef bint do_reset = reset
+        cdef np.npy_intp dims[1]
+        cdef np.PyArray_Dims shape
         cdef size_t limit
         cdef np.ndarray outarr
         cdef np.ndarray result = None
@@ -294,7 +297,8 @@ cdef class Region:
         elif do_reset:
             # The result array is made before the pages are re-armed: a
             # MemoryError after the reset would lose them (reported to no one).
-            result = np.empty(limit, dtype=np.uint64)
+            dims[0] = <np.npy_intp>limit
+            result = np.PyArray_EMPTY(1, dims, np.NPY_UINT64, 0)
             sink.buf = <uint64_t *>np.PyArray_DATA(result)
         elif limit <= LOCAL_SLOTS:
             sink.buf = local
@@ -318,14 +322,17 @@ cdef class Region:
                 self._fail(rc, what)
             if out is not None:
                 return out[:sink.n]
+            dims[0] = <np.npy_intp>sink.n
             if result is not None:
                 if sink.n < limit:
-                    try:
-                        result.resize(sink.n, refcheck=False)   # shrinks in place
+                    shape.ptr = dims
+                    shape.len = 1
+                    try:                        # shrinks in place (realloc)
+                        np.PyArray_Resize(result, &shape, 0, np.NPY_CORDER)
                     except MemoryError:
                         return result[:sink.n]
                 return result
-            result = np.empty(sink.n, dtype=np.uint64)
+            result = np.PyArray_EMPTY(1, dims, np.NPY_UINT64, 0)
             if sink.n:
                 memcpy(np.PyArray_DATA(result), sink.buf, sink.n * sizeof(uint64_t))
             return result
@@ -442,17 +449,20 @@ cdef class Region:
 
 
 cdef np.ndarray _check_out(object out):
-    if not isinstance(out, np.ndarray):
+    # C-API checks: this sits on the hot path of every out= call.
+    if not np.PyArray_Check(out):
         raise TypeError("out must be a numpy.ndarray of uint64, not %s"
                         % type(out).__name__)
-    if out.dtype != np.uint64:
-        raise TypeError("out must have dtype uint64, not %s" % out.dtype)
-    if out.ndim != 1:
+    cdef np.ndarray arr = <np.ndarray>out
+    if not (np.PyArray_ISUNSIGNED(arr) and np.PyArray_ITEMSIZE(arr) == 8
+            and np.PyArray_ISNOTSWAPPED(arr)):
+        raise TypeError("out must have dtype uint64, not %s" % arr.dtype)
+    if np.PyArray_NDIM(arr) != 1:
         raise ValueError("out must be one-dimensional")
-    if not out.flags.c_contiguous:
+    if not np.PyArray_IS_C_CONTIGUOUS(arr):
         raise ValueError("out must be contiguous")
-    if not out.flags.writeable:
+    if not np.PyArray_ISWRITEABLE(arr):
         raise ValueError("out must be writeable")
-    if out.shape[0] == 0:
+    if np.PyArray_DIM(arr, 0) == 0:
         raise ValueError("out must have room for at least one address")
-    return out
+    return arr
