@@ -116,3 +116,80 @@ class PageModel:
             if not self.committed[p]:
                 self.committed[p] = True
                 self.prot[p] = prot
+
+
+class Win32Model(PageModel):
+    """One MEM_WRITE_WATCH allocation as Windows describes it: each page is
+    reserved (no access, never written) or committed with a PAGE_*
+    protection.  Protections here are the Win32 constants."""
+
+    MEM_COMMIT, MEM_RESERVE = 0x1000, 0x2000
+    WRITABLE = (0x04, 0x40)                       # PAGE_READWRITE, PAGE_EXECUTE_READWRITE
+    READABLE = (0x02, 0x04, 0x20, 0x40)           # ... and PAGE_READONLY, PAGE_EXECUTE_READ
+
+    def __init__(self, base, npages, page, protect, committed):
+        super().__init__(base, npages, page)
+        self.alloc_protect = protect
+        self.committed = [committed] * npages
+        self.prot = [protect if committed else 0] * npages
+
+    def can_write(self, offset, length):
+        return all(self.committed[p] and self.prot[p] in self.WRITABLE
+                   for p in range(offset // self.page, (offset + length - 1) // self.page + 1))
+
+    def can_read(self, p):
+        return self.committed[p] and self.prot[p] in self.READABLE
+
+    def commit(self, address, size, protect):
+        """VirtualAlloc(MEM_COMMIT): every page in the range gets `protect`;
+        pages already committed keep contents and written state, newly
+        committed ones are zero and clean (decommit made them so)."""
+        for p in self.pages_of(address, size):
+            self.committed[p] = True
+            self.prot[p] = protect
+
+    def decommit(self, address, size):
+        super().decommit(address, size)
+        for p in self.pages_of(address, size):
+            self.prot[p] = 0
+
+    def virtual_protect(self, address, size):
+        """-> (ok, old protection of the first page); on success the caller
+        then sets the new protection with protect()."""
+        pages = self.pages_of(address, size)
+        if not all(self.committed[p] for p in pages):
+            return False, 0
+        return True, self.prot[pages[0]]
+
+    def query(self, address):
+        """(BaseAddress, AllocationBase, AllocationProtect, RegionSize,
+        State, Protect) for the page holding `address`."""
+        p = (address - self.base) // self.page
+        key = (self.committed[p], self.prot[p])
+        q = p
+        while q < self.npages and (self.committed[q], self.prot[q]) == key:
+            q += 1
+        state = self.MEM_COMMIT if self.committed[p] else self.MEM_RESERVE
+        return (self.base + p * self.page, self.base, self.alloc_protect,
+                (q - p) * self.page, state, self.prot[p])
+
+
+class Tally:
+    """Counts what a state machine did: sequences (one per machine run,
+    shrinking included) and steps (rules executed), for the README's
+    figures.  With $WRITEWATCH_RELIABILITY_LOG set, each test appends one
+    JSON line there."""
+
+    def __init__(self):
+        self.sequences = 0
+        self.steps = 0
+
+    def record(self, test, backend):
+        path = os.environ.get("WRITEWATCH_RELIABILITY_LOG")
+        line = {"test": test, "backend": backend, "profile": PROFILE,
+                "sequences": self.sequences, "steps": self.steps}
+        if path:
+            import json
+            with open(path, "a") as f:
+                f.write(json.dumps(line) + "\n")
+        return line

@@ -19,11 +19,13 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant,
 
 import writewatch
 from conftest import BACKENDS, PAGE, require_backend
-from model import READ, WRITE, PageModel, profile
+from model import Tally, READ, WRITE, PageModel, profile
 
 PROTS = {"rw": mmap.PROT_READ | mmap.PROT_WRITE, "r": mmap.PROT_READ, "none": 0}  # PROT_NONE
 MODEL_PROT = {"rw": READ | WRITE, "r": READ, "none": 0}
 MAX_PAGES = 24
+OFF = st.integers(0, MAX_PAGES * PAGE - 1)
+LEN = st.integers(1, MAX_PAGES * PAGE)
 
 
 class Tracked:
@@ -42,9 +44,11 @@ class Tracked:
 
 class RegionMachine(RuleBasedStateMachine):
     backend = None            # set by the test that runs the machine
+    tally = Tally()
 
     @initialize(n0=st.integers(1, MAX_PAGES), n1=st.integers(1, MAX_PAGES))
     def make(self, n0, n1):
+        self.tally.sequences += 1
         self.regions = [Tracked(self.backend, n0), Tracked(self.backend, n1)]
         self.pipe = os.pipe()
 
@@ -55,62 +59,61 @@ class RegionMachine(RuleBasedStateMachine):
             os.close(fd)
 
     # -- helpers --------------------------------------------------------------
+    # Rules draw plain integers and fold them into range here: much cheaper
+    # for Hypothesis than st.data() draws, and they shrink just as well.
 
-    def _span(self, data, t, max_len):
+    @staticmethod
+    def _span(t, off, length, max_len=None):
         """An (offset, length) inside region t, any alignment."""
         size = t.npages * PAGE
-        off = data.draw(st.integers(0, size - 1), label="offset")
-        length = data.draw(st.integers(1, min(max_len, size - off)), label="length")
+        off %= size
+        length = 1 + (length - 1) % min(max_len or size, size - off)
         return off, length
 
-    def _range(self, data, t):
-        """(address, size) arguments for a range call, None meaning default."""
-        size = t.npages * PAGE
-        base = t.region.address
-        if data.draw(st.booleans(), label="whole"):
+    def _range(self, t, form, off, length):
+        """(address, size) arguments for a range call; form 0: both None
+        (the whole region), 1: size None (to the end), else both given."""
+        if form == 0:
             return None, None
-        off, length = self._span(data, t, size)
-        if data.draw(st.booleans(), label="size to end"):
-            return base + off, None
-        return base + off, length
+        off, length = self._span(t, off, length)
+        return t.region.address + off, (None if form == 1 else length)
 
     # -- writes ---------------------------------------------------------------
 
-    @rule(data=st.data(), which=st.integers(0, 1), value=st.integers(0, 255))
-    def write_byte(self, data, which, value):
+    @rule(which=st.integers(0, 1), off=OFF, value=st.integers(0, 255))
+    def write_byte(self, which, off, value):
         t = self.regions[which]
-        off = data.draw(st.integers(0, t.npages * PAGE - 1), label="offset")
+        off %= t.npages * PAGE
         assume(t.model.can_write(off, 1))
         t.view[off] = value
         t.model.write(off, bytes([value]))
 
-    @rule(data=st.data(), which=st.integers(0, 1), value=st.integers(0, 255))
-    def write_straddling(self, data, which, value):
+    @rule(which=st.integers(0, 1), boundary=st.integers(1, MAX_PAGES),
+          before=st.integers(1, 16), after=st.integers(1, 16), value=st.integers(0, 255))
+    def write_straddling(self, which, boundary, before, after, value):
         t = self.regions[which]
         assume(t.npages >= 2)
-        k = data.draw(st.integers(1, t.npages - 1), label="boundary")
-        before = data.draw(st.integers(1, 16), label="before")
-        after = data.draw(st.integers(1, 16), label="after")
+        k = 1 + (boundary - 1) % (t.npages - 1)
         off = k * PAGE - before
         assume(t.model.can_write(off, before + after))
         t.view[off:off + before + after] = value
         t.model.write(off, bytes([value]) * (before + after))
 
-    @rule(data=st.data(), which=st.integers(0, 1), value=st.integers(0, 255))
-    def write_numpy_slice(self, data, which, value):
+    @rule(which=st.integers(0, 1), off=OFF, length=LEN,
+          step=st.sampled_from([1, 1, 7, PAGE + 1]), value=st.integers(0, 255))
+    def write_numpy_slice(self, which, off, length, step, value):
         t = self.regions[which]
-        off, length = self._span(data, t, 3 * PAGE)
-        step = data.draw(st.sampled_from([1, 1, 7, PAGE + 1]), label="step")
+        off, length = self._span(t, off, length, 3 * PAGE)
         assume(t.model.can_write(off, length))
         t.view[off:off + length:step] = value
         for i in range(off, off + length, step):
             t.model.write(i, bytes([value]))
 
-    @rule(data=st.data(), which=st.integers(0, 1), value=st.integers(1, 255))
-    def write_by_kernel(self, data, which, value):
+    @rule(which=st.integers(0, 1), off=OFF, length=LEN, value=st.integers(1, 255))
+    def write_by_kernel(self, which, off, length, value):
         """os.readv from a pipe: the kernel writes (copy_to_user)."""
         t = self.regions[which]
-        off, length = self._span(data, t, 3 * PAGE)
+        off, length = self._span(t, off, length, 3 * PAGE)
         assume(t.model.can_write(off, length))
         payload = bytes([value]) * length
         assert os.write(self.pipe[1], payload) == length
@@ -123,12 +126,13 @@ class RegionMachine(RuleBasedStateMachine):
 
     # -- write watch ----------------------------------------------------------
 
-    @rule(data=st.data(), which=st.integers(0, 1), reset=st.booleans(),
+    @rule(which=st.integers(0, 1), form=st.integers(0, 2), off=OFF, length=LEN,
+          reset=st.booleans(),
           max_count=st.one_of(st.none(), st.integers(1, MAX_PAGES + 2)),
           out_len=st.one_of(st.none(), st.integers(1, MAX_PAGES + 2)))
-    def get(self, data, which, reset, max_count, out_len):
+    def get(self, which, form, off, length, reset, max_count, out_len):
         t = self.regions[which]
-        address, size = self._range(data, t)
+        address, size = self._range(t, form, off, length)
         limit = max_count
         out = None
         if out_len is not None:
@@ -143,26 +147,26 @@ class RegionMachine(RuleBasedStateMachine):
             assert got.ctypes.data == out.ctypes.data     # a prefix view of out
             assert (out[len(got):] == 0xDEADBEEF).all()   # nothing past the prefix
 
-    @rule(data=st.data(), which=st.integers(0, 1))
-    def reset(self, data, which):
+    @rule(which=st.integers(0, 1), form=st.integers(0, 2), off=OFF, length=LEN)
+    def reset(self, which, form, off, length):
         t = self.regions[which]
-        address, size = self._range(data, t)
+        address, size = self._range(t, form, off, length)
         t.region.reset_write_watch(address, size)
         t.model.reset(address, size)
 
     # -- protection and discard (the hooks win32 builds on) ------------------
 
-    @rule(data=st.data(), which=st.integers(0, 1), prot=st.sampled_from(sorted(PROTS)))
-    def protect(self, data, which, prot):
+    @rule(which=st.integers(0, 1), off=OFF, length=LEN, prot=st.sampled_from(sorted(PROTS)))
+    def protect(self, which, off, length, prot):
         t = self.regions[which]
-        off, length = self._span(data, t, t.npages * PAGE)
+        off, length = self._span(t, off, length)
         t.region._protect(t.region.address + off, length, PROTS[prot])
         t.model.protect(t.region.address + off, length, MODEL_PROT[prot])
 
-    @rule(data=st.data(), which=st.integers(0, 1))
-    def discard(self, data, which):
+    @rule(which=st.integers(0, 1), off=OFF, length=LEN)
+    def discard(self, which, off, length):
         t = self.regions[which]
-        off, length = self._span(data, t, t.npages * PAGE)
+        off, length = self._span(t, off, length)
         t.region._discard(t.region.address + off, length)
         t.model.discard(t.region.address + off, length)
 
@@ -171,6 +175,7 @@ class RegionMachine(RuleBasedStateMachine):
     @invariant()
     def contents_match(self):
         """Reading is not writing: compare every readable page's bytes."""
+        self.tally.steps += 1
         for t in getattr(self, "regions", ()):
             for p in range(t.npages):
                 if t.model.can_read(p):
@@ -186,14 +191,17 @@ class RegionMachine(RuleBasedStateMachine):
             assert [int(a) for a in t.region.get_write_watch()] == t.model.get()
 
 
-def machine_for(backend):
-    return type("RegionMachine_" + backend, (RegionMachine,), {"backend": backend})
+def machine_for(backend, tally):
+    return type("RegionMachine_" + backend, (RegionMachine,),
+                {"backend": backend, "tally": tally})
 
 
 @pytest.mark.parametrize("name", BACKENDS)
 def test_region_against_model(name):
     require_backend(name)
-    run_state_machine_as_test(machine_for(name), settings=profile())
+    tally = Tally()
+    run_state_machine_as_test(machine_for(name, tally), settings=profile())
+    print(tally.record("region", name))
 
 
 # -- regression tests: minimal sequences found by the machine ------------------
