@@ -78,6 +78,9 @@ def _choose_backend(backend):
         raise TypeError("backend must be a str or None, not %s" % type(backend).__name__)
     if backend.startswith(_FORCE_PREFIX):
         name = backend[len(_FORCE_PREFIX):]
+        if name not in _ENGINES:
+            raise ValueError("unknown backend %r (from %s); known backends: %s"
+                             % (backend, source, ", ".join(BACKEND_NAMES)))
         return name, _ENGINES[name][0]
     if backend not in BACKEND_NAMES:
         raise ValueError("unknown backend %r (from %s); known backends: %s"
