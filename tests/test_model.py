@@ -18,6 +18,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant,
                                  precondition, rule, run_state_machine_as_test)
 
 import writewatch
+from writewatch.soak import kernel_writes_work
 from conftest import BACKENDS, PAGE, require_backend
 from model import Tally, READ, WRITE, PageModel, profile
 
@@ -31,8 +32,8 @@ LEN = st.integers(1, MAX_PAGES * PAGE)
 class Tracked:
     """A region, a numpy view of it, and its model."""
 
-    def __init__(self, backend, npages):
-        self.region = writewatch.Region(npages * PAGE, backend=backend)
+    def __init__(self, backend, npages, address=None):
+        self.region = writewatch.Region(npages * PAGE, backend=backend, address=address)
         self.view = np.frombuffer(self.region, dtype=np.uint8)
         self.model = PageModel(self.region.address, npages, PAGE)
         self.npages = npages
@@ -109,6 +110,7 @@ class RegionMachine(RuleBasedStateMachine):
         for i in range(off, off + length, step):
             t.model.write(i, bytes([value]))
 
+    @precondition(lambda self: kernel_writes_work(self.backend))
     @rule(which=st.integers(0, 1), off=OFF, length=LEN, value=st.integers(1, 255))
     def write_by_kernel(self, which, off, length, value):
         """os.readv from a pipe: the kernel writes (copy_to_user)."""
@@ -169,6 +171,20 @@ class RegionMachine(RuleBasedStateMachine):
         off, length = self._span(t, off, length)
         t.region._discard(t.region.address + off, length)
         t.model.discard(t.region.address + off, length)
+
+    # -- lifetime ---------------------------------------------------------------
+
+    @rule(which=st.integers(0, 1), npages=st.integers(1, MAX_PAGES), same_place=st.booleans())
+    def recreate(self, which, npages, same_place):
+        """Close a region and make a new one -- at the same address when it
+        fits, so the old range is reused: nothing may carry over."""
+        old = self.regions[which]
+        base, old_pages = old.region.address, old.npages
+        old.close()
+        fixed = base if same_place and npages <= old_pages else None
+        self.regions[which] = Tracked(self.backend, npages, address=fixed)
+        if fixed is not None:
+            assert self.regions[which].region.address == base
 
     # -- invariants -------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from hypothesis import assume, strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition,
                                  rule, run_state_machine_as_test)
 
+from writewatch.soak import kernel_writes_work
 from conftest import BACKENDS, PAGE, require_backend
 from model import Tally, Win32Model, profile
 
@@ -158,7 +159,7 @@ class Win32Machine(RuleBasedStateMachine):
         ctypes.memmove(m.base + off, payload, length)
         m.write(off, payload)
 
-    @precondition(lambda self: self.allocs)
+    @precondition(lambda self: self.allocs and kernel_writes_work(os.environ["WRITEWATCH_BACKEND"]))
     @rule(which=st.integers(0, MAX_ALLOCS - 1), off=st.integers(0, MAX_PAGES * PAGE - 1), length=st.integers(1, MAX_PAGES * PAGE),
           value=st.integers(1, 255))
     def kernel_write(self, which, off, length, value):

@@ -24,7 +24,8 @@ def test_short_soak_every_backend():
     names = [s["backend"] for s in rep["lanes"]]
     assert names == [b.name for b in writewatch.backends() if b.available]
     for lane in rep["lanes"]:
-        assert lane["writes"] > 0 and lane["kernel_writes"] > 0, lane
+        assert lane["writes"] > 0, lane
+        assert lane["kernel_writes"] > 0 or not lane["kernel_writes_supported"], lane
         assert lane["gets"] > 0 and lane["pages_reported"] > 0, lane
     assert rep["end"]["fds"] == rep["start"]["fds"]
 
