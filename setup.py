@@ -40,6 +40,7 @@ extensions = [
 # `writewatch doctor --selftest` need no compiler at run time.
 PROGRAMS = {
     # "name": ["kernel/dir/source.c", ...],
+    "ww-floor": ["kernel/floor/floor.c"],
     "ww-selftest": ["kernel/selftests/pagemap_contract.c"],
 }
 

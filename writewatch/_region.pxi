@@ -67,6 +67,8 @@ cdef inline int _check_mapped(uintptr_t start, uintptr_t end) noexcept nogil:
 
 cdef object _index(object value, str name):
     """operator.index with a message that names the argument."""
+    if type(value) is int:
+        return value
     if isinstance(value, float):
         raise TypeError("%s must be an integer, not float" % name)
     try:
@@ -224,6 +226,10 @@ cdef class Region:
         the region.  None means the region's start / up to its end."""
         cdef uintptr_t base = self._base
         cdef uintptr_t limit = self._base + self._size
+        if address is None and size is None:      # the whole region: no int objects
+            start[0] = base
+            end[0] = limit
+            return 0
         if address is None:
             a = base
         else:
