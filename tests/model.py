@@ -30,7 +30,7 @@ READ, WRITE = 1, 2          # PROT_READ, PROT_WRITE: the only bits the model nee
 # Example counts: small by default (CI), large on request:
 #   WRITEWATCH_HYPOTHESIS=long python -m pytest tests/test_model.py
 hypothesis.settings.register_profile(
-    "ci", max_examples=25, stateful_step_count=40, deadline=None,
+    "ci", max_examples=20, stateful_step_count=30, deadline=None,
     suppress_health_check=list(hypothesis.HealthCheck), derandomize=False,
     print_blob=True)
 hypothesis.settings.register_profile(

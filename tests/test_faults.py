@@ -126,7 +126,7 @@ def test_enomem_from_rlimit_as(backend):
         w.intact("after the failed Region")
         # 2. get-and-reset at every amount of headroom from 0 to 1 MiB
         counts = {"ok": 0, "MemoryError": 0}
-        for room in range(0, 1 << 20, 16 << 10):
+        for room in range(0, 1 << 20, 32 << 10):
             view[::P] = 1
             resource.setrlimit(resource.RLIMIT_AS, (vmsize() + room, hard))
             try:
