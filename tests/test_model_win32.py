@@ -228,3 +228,4 @@ def test_win32_against_model(name, monkeypatch):
 
 
 # -- regression tests: minimal sequences found by the machine ------------------
+# None so far (see test_model.py).

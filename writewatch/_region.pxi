@@ -37,7 +37,7 @@ cdef _claim_range(Region region):
 
 
 cdef _release_range(Region region):
-    if _live is None:              # interpreter shutdown
+    if _live is None or _live_bases is None:       # interpreter shutdown
         return
     ref = _live.get(region._base)
     # In __dealloc__ the weak reference is already dead.
