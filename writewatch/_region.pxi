@@ -30,6 +30,8 @@ cdef _claim_range(Region region):
         elif (<Region>other)._base + (<Region>other)._size > base:
             (<Region>other)._lost = True
             _release_range(<Region>other)
+            if (<Region>other)._engine is not None:
+                (<Region>other)._engine.detach()
         else:
             j += 1
     bisect.insort(_live_bases, base)
@@ -154,10 +156,15 @@ cdef class Region:
         # Transparent huge pages would make a 2 MiB page the unit of
         # tracking; the contract is the 4 KiB page.
         madvise(p, length, MADV_NOHUGEPAGE)
+        # Before arming: an open region whose range this overlaps was unmapped
+        # behind our back, and must let go of it (an engine keyed by address,
+        # such as a fault handler's table, would otherwise serve it our faults).
+        _claim_range(self)
         engine = engine_class()
         try:
             (<Engine>engine).arm(self._base, length, page)
         except BaseException:
+            _release_range(self)
             munmap(p, length)
             self._mapped = False
             raise
@@ -165,7 +172,6 @@ cdef class Region:
         self._backend = name
         self._fork_gen = ww_fork_generation()
         self._closed = False
-        _claim_range(self)
 
     # -- properties -----------------------------------------------------
 
@@ -431,9 +437,9 @@ cdef class Region:
     cdef void _unmap(self) noexcept:
         if not self._mapped:
             return
-        if self._engine is not None:
-            self._engine.detach()
-        if not self._lost:             # else the range is another region's now
+        if not self._lost:             # else the range is another region's now,
+            if self._engine is not None:            # and the engine detached already
+                self._engine.detach()
             _release_range(self)
             munmap(<void *>self._base, self._size)
         self._mapped = False
