@@ -274,7 +274,12 @@ def test_writes_racing_resets_are_reported_once_or_later(make_region):
     del view
 
 
-def test_kernel_writes_are_tracked(make_region):
+def test_kernel_writes_are_tracked(backend, make_region, request):
+    if backend == "mprotect":
+        # A documented limit of the technique, shown in test_mprotect.py.
+        request.applymarker(pytest.mark.xfail(
+            raises=OSError, strict=True,
+            reason="mprotect: kernel writes into a clean page fail with EFAULT"))
     r = make_region(8)
     rfd, wfd = os.pipe()
     try:

@@ -17,6 +17,8 @@ from libc.stdlib cimport free, malloc, calloc
 from libc.string cimport memcpy, memset
 
 from writewatch.includes.system cimport *
+from writewatch.includes.uffd cimport *
+from writewatch.includes.softdirty cimport *
 from writewatch._errors import (BackendUnavailable, ForkedRegionError,
                                 WriteWatchError, syscall_error)
 
@@ -33,5 +35,11 @@ include "_engine.pxi"
 include "_region.pxi"
 include "_registry.pxi"
 include "_pagemap.pxi"
+include "_uffd.pxi"
+include "_mprotect.pxi"
+include "_softdirty.pxi"
 
 _register("pagemap", _PagemapEngine, _probe_pagemap)
+_register("uffd", _UffdEngine, _probe_uffd)
+_register("mprotect", _MprotectEngine, _probe_mprotect)
+_register("softdirty", _SoftDirtyEngine, _probe_softdirty)

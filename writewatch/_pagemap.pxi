@@ -5,7 +5,6 @@
 
 cdef enum:
     SCAN_VEC_LEN = 256          # struct page_region slots per ioctl (6 KiB of stack)
-
     MIN_WINDOW = 64 * 1024      # first scan window when max_count bounds the call
 
 

@@ -80,6 +80,10 @@ cdef object _index(object value, str name):
                         % (name, type(value).__name__)) from None
 
 
+# no_gc_clear: a Region collected as part of a reference cycle must still
+# have its engine in __dealloc__, to detach and release it (the mprotect
+# engine's table entry, the pagemap engine's userfaultfd).
+@cython.no_gc_clear
 @cython.auto_pickle(False)
 cdef class Region:
     """Anonymous, zero-filled read/write memory whose written pages are tracked.
@@ -429,7 +433,9 @@ cdef class Region:
             raise BufferError("cannot close a Region while %d view(s) of its "
                               "memory exist" % self._exports)
         self._closed = True            # no new call can start
-        while self._busy > 0:          # let calls in other threads finish
+        # Let calls in other threads finish -- but in a forked child those
+        # threads do not exist: a call in flight at fork() never ends there.
+        while self._busy > 0 and self._fork_gen == ww_fork_generation():
             with nogil:
                 sched_yield()
         self._unmap()

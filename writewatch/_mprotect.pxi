@@ -1,0 +1,110 @@
+# The `mprotect` backend: the classic emulation (Wine's, before PAGEMAP_SCAN).
+# Pages not written since the last reset are kept without write permission;
+# a process-wide SIGSEGV handler in C (includes/mprotect_handler.h) records
+# the first write to each and gives the permission back.  Works on any
+# Linux; kernel writes into a clean page (read(2) into the region) fail with
+# EFAULT -- see notes/README-mprotect.md.
+
+from writewatch.includes.mprotect cimport *
+
+
+cdef class _MprotectEngine(Engine):
+    cdef ww_mp_region *r
+
+    cdef int arm(self, uintptr_t base, size_t size, size_t page) except -1:
+        Engine.arm(self, base, size, page)
+        cdef int err = 0
+        cdef const char *what = NULL
+        self.r = ww_mp_arm(base, size, page, &err, &what)
+        if self.r == NULL:
+            raise syscall_error(-err, what.decode("ascii"))
+        return 0
+
+    cdef int collect(self, uintptr_t start, uintptr_t end, bint reset,
+                     Sink *sink, const char **what) noexcept nogil:
+        # Re-install on top if someone (faulthandler.enable()) took SIGSEGV.
+        if not ww_mp_handler_is_current():
+            ww_mp_install()
+        return ww_mp_collect(self.r, start, end, reset, sink.buf, &sink.n,
+                             sink.limit, what)
+
+    cdef int reset(self, uintptr_t start, uintptr_t end,
+                   const char **what) noexcept nogil:
+        if not ww_mp_handler_is_current():
+            ww_mp_install()
+        return ww_mp_reset(self.r, start, end, what)
+
+    cdef int protect(self, uintptr_t start, uintptr_t end, int prot,
+                     const char **what) noexcept nogil:
+        return ww_mp_protect(self.r, start, end, prot, what)
+
+    cdef void detach(self) noexcept:
+        if self.r != NULL:
+            ww_mp_detach(self.r)
+
+    cdef void release(self) noexcept:
+        if self.r != NULL:
+            ww_mp_release(self.r)
+            self.r = NULL
+
+    def __dealloc__(self):
+        # Only if the region never got to detach us: never leave a table
+        # entry for memory that may be mapped again by someone else.
+        if self.r != NULL:
+            ww_mp_detach(self.r)
+            ww_mp_release(self.r)
+            self.r = NULL
+
+
+def _mprotect_stats():
+    """Process-wide counters of the mprotect backend, for tests and tuning:
+    regions tracked now, faults resolved, faults that made a whole run writable instead of
+    splitting it, re-arms skipped (over budget or refused by the kernel),
+    the estimated VMAs added by splits and the budget for them."""
+    return {"regions": ww_mp_regions(), "faults": ww_mp_nfaults, "widened": ww_mp_nwidened,
+            "kept_writable": ww_mp_nkept, "split_vmas": ww_mp_vmas,
+            "split_budget": ww_mp_vma_limit}
+
+
+def _mprotect_vmas(Region region):
+    """VMAs /proc/self/maps shows over the region's memory (for tests)."""
+    return ww_mp_vmas_in(region._base, region._base + region._size)
+
+
+def _mprotect_reinstall():
+    """Put the handler back on top of SIGSEGV now (Region methods do this
+    by themselves); returns whether it had been replaced."""
+    replaced = not ww_mp_handler_is_current()
+    rc = ww_mp_install()
+    if rc < 0:
+        raise syscall_error(-rc, "sigaction(SIGSEGV)")
+    return replaced
+
+
+def _probe_mprotect():
+    """(available, reason): a real round trip in this process -- install
+    the handler, write, fault, record, re-protect, write again."""
+    try:
+        r = Region(4 * _PAGE_SIZE, backend=_FORCE_PREFIX + "mprotect")
+    except OSError as e:
+        return False, str(e)
+    try:
+        view = memoryview(r)
+        view[_PAGE_SIZE] = 1
+        first = r.get_write_watch(reset=True)
+        second = r.get_write_watch()
+        view[_PAGE_SIZE + 1] = 2
+        third = r.get_write_watch()
+        view.release()
+        # Near vm.max_map_count the backend reports whole runs (a superset
+        # of the pages written): the written page must be among them.
+        want = r.address + _PAGE_SIZE
+        if want not in first or len(second) or want not in third:
+            return False, ("the SIGSEGV handler answered wrongly on a probe region "
+                           "(got %s, %s, %s)" % ([int(a) for a in first], [int(a) for a in second],
+                                                  [int(a) for a in third]))
+    except OSError as e:
+        return False, str(e)
+    finally:
+        r.close()
+    return True, "mprotect + SIGSEGV handler (kernel writes into clean pages fail with EFAULT)"

@@ -1,0 +1,32 @@
+# The mprotect backend's plain C (includes/mprotect_handler.h): the SIGSEGV
+# handler and the control calls that share its lock-free state.
+from libc.stdint cimport uint64_t, uintptr_t
+
+
+cdef extern from "mprotect_handler.h" nogil:
+    struct ww_mp_region:
+        uintptr_t base
+        uintptr_t end
+        size_t npages
+        long splits
+
+    ww_mp_region *ww_mp_arm(uintptr_t base, size_t size, size_t page,
+                            int *err, const char **what)
+    void ww_mp_detach(ww_mp_region *r)
+    void ww_mp_release(ww_mp_region *r)
+    int ww_mp_collect(ww_mp_region *r, uintptr_t start, uintptr_t end, int reset,
+                      uint64_t *buf, size_t *n, size_t limit, const char **what)
+    int ww_mp_reset(ww_mp_region *r, uintptr_t start, uintptr_t end, const char **what)
+    int ww_mp_protect(ww_mp_region *r, uintptr_t start, uintptr_t end, int prot,
+                      const char **what)
+    int ww_mp_install()
+    int ww_mp_handler_is_current()
+    long ww_mp_vmas_in(uintptr_t start, uintptr_t end)
+    long ww_mp_regions()
+    void ww_mp_update_budget()
+
+    long ww_mp_vmas
+    long ww_mp_vma_limit
+    unsigned long ww_mp_nfaults
+    unsigned long ww_mp_nwidened
+    unsigned long ww_mp_nkept
