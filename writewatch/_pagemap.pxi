@@ -19,6 +19,17 @@ cdef inline void _scan_arg_init(pm_scan_arg *arg, uint64_t flags,
     arg.return_mask = PAGE_IS_WRITTEN
 
 
+cdef inline const char *_scan_failure(long r) noexcept nogil:
+    # PM_SCAN_CHECK_WPASYNC fails with EPERM on a VMA that is not registered
+    # for async write-protect: the mapping was replaced (mmap MAP_FIXED,
+    # mremap onto it) or the userfaultfd closed behind the library's back.
+    if r == -EPERM:
+        return ("ioctl(PAGEMAP_SCAN) [the range is no longer registered with "
+                "the region's userfaultfd: mapping replaced or userfaultfd "
+                "closed behind writewatch's back]")
+    return "ioctl(PAGEMAP_SCAN)"
+
+
 cdef class _PagemapEngine(Engine):
     cdef int uffd
     cdef int pmfd
@@ -92,7 +103,7 @@ cdef class _PagemapEngine(Engine):
             arg.max_pages = sink.limit - sink.n
             r = ww_ioctl(self.pmfd, PAGEMAP_SCAN, &arg)
             if r < 0:
-                what[0] = "ioctl(PAGEMAP_SCAN)"
+                what[0] = _scan_failure(r)
                 return <int>r
             for i in range(r):
                 sink_put_run(sink, vec[i].start, vec[i].end, page)
@@ -121,7 +132,7 @@ cdef class _PagemapEngine(Engine):
             arg.end = end
             r = ww_ioctl(self.pmfd, PAGEMAP_SCAN, &arg)
             if r < 0:
-                what[0] = "ioctl(PAGEMAP_SCAN)"
+                what[0] = _scan_failure(r)
                 return <int>r
             if arg.walk_end <= pos:
                 what[0] = "ioctl(PAGEMAP_SCAN) walk_end"
@@ -180,6 +191,8 @@ def _probe_pagemap():
     try:
         features = _uffd_features()
     except OSError as e:
+        if e.errno in _TRANSIENT_ERRNOS:
+            raise                       # not remembered: see _probe()
         return False, "userfaultfd: %s" % e
     missing = [n for n, bit in (("UFFD_FEATURE_WP_ASYNC", UFFD_FEATURE_WP_ASYNC),
                                 ("UFFD_FEATURE_WP_UNPOPULATED", UFFD_FEATURE_WP_UNPOPULATED))
@@ -189,6 +202,8 @@ def _probe_pagemap():
     try:
         r = Region(2 * _PAGE_SIZE, backend=_FORCE_PREFIX + "pagemap")
     except OSError as e:
+        if e.errno in _TRANSIENT_ERRNOS:
+            raise
         return False, str(e)
     try:
         view = memoryview(r)

@@ -1,11 +1,70 @@
 # Region: the one public type.  Shared logic lives here, above the engines.
 
+import bisect
+import weakref
+
 cdef enum:
     LOCAL_SLOTS = 512      # results up to this many pages need no malloc
 
 
+# The ranges of the open regions: sorted base addresses, and base -> weak
+# reference.  The kernel never maps over a live mapping, so a new region that
+# overlaps an open one proves the old one was unmapped behind the library's
+# back -- and its scans would now read (and reset!) the new region's pages,
+# which are write-watched too.  The old region is then marked lost.
+cdef list _live_bases = []
+cdef dict _live = {}
+
+
+cdef _claim_range(Region region):
+    cdef uintptr_t base = region._base
+    cdef uintptr_t end = region._base + region._size
+    cdef Py_ssize_t j = bisect.bisect_right(_live_bases, base) - 1
+    if j < 0:
+        j = 0
+    while j < len(_live_bases) and _live_bases[j] < end:
+        other = _live[_live_bases[j]]()
+        if other is None:                               # stale entry
+            del _live[_live_bases[j]]
+            del _live_bases[j]
+        elif (<Region>other)._base + (<Region>other)._size > base:
+            (<Region>other)._lost = True
+            _release_range(<Region>other)
+            if (<Region>other)._engine is not None:
+                (<Region>other)._engine.detach()
+        else:
+            j += 1
+    bisect.insort(_live_bases, base)
+    _live[base] = weakref.ref(region)
+
+
+cdef _release_range(Region region):
+    if _live is None or _live_bases is None:       # interpreter shutdown
+        return
+    ref = _live.get(region._base)
+    # In __dealloc__ the weak reference is already dead.
+    if ref is not None and ref() in (region, None):
+        del _live[region._base]
+        _live_bases.remove(region._base)
+
+
 cdef inline size_t _round_up(size_t x, size_t page) noexcept nogil:
     return (x + page - 1) & ~(page - 1)
+
+
+cdef inline int _check_mapped(uintptr_t start, uintptr_t end) noexcept nogil:
+    """0 if [start, end) is still entirely mapped, else -errno (ENOMEM).
+
+    PAGEMAP_SCAN walks over a hole in silence -- a page unmapped behind the
+    library's back (munmap, mremap) would read as "not written" and its
+    writes be lost without a word.  msync(MS_ASYNC) on anonymous memory does
+    nothing but look the range's VMAs up, and fails with ENOMEM on a hole:
+    about 0.1 us, against 0.5-1 ms for a scan of 1 GiB.  A mapping *replaced*
+    at the same address is caught by the engine (PAGEMAP_SCAN's
+    PM_SCAN_CHECK_WPASYNC fails with EPERM on a VMA not write-watched)."""
+    if msync(<void *>start, end - start, MS_ASYNC) != 0:
+        return -errno
+    return 0
 
 
 cdef object _index(object value, str name):
@@ -47,6 +106,8 @@ cdef class Region:
     cdef bint _closed
     cdef bint _mapped
     cdef uint64_t _fork_gen
+    cdef bint _lost            # unmapped behind our back, the range reused
+    cdef object __weakref__
 
     def __cinit__(self):
         self._closed = True
@@ -99,10 +160,15 @@ cdef class Region:
         # Transparent huge pages would make a 2 MiB page the unit of
         # tracking; the contract is the 4 KiB page.
         madvise(p, length, MADV_NOHUGEPAGE)
+        # Before arming: an open region whose range this overlaps was unmapped
+        # behind our back, and must let go of it (an engine keyed by address,
+        # such as a fault handler's table, would otherwise serve it our faults).
+        _claim_range(self)
         engine = engine_class()
         try:
             (<Engine>engine).arm(self._base, length, page)
         except BaseException:
+            _release_range(self)
             munmap(p, length)
             self._mapped = False
             raise
@@ -149,6 +215,11 @@ cdef class Region:
     cdef int _check_open(self) except -1:
         if self._closed:
             raise ValueError("operation on a closed Region")
+        if self._lost:
+            raise OSError(EFAULT, "Region [%#x, %#x) was unmapped behind writewatch's "
+                          "back and its addresses now belong to another region; "
+                          "its memory and write-watch state are lost"
+                          % (self._base, self._base + self._size))
         return 0
 
     cdef int _check_tracking(self) except -1:
@@ -195,6 +266,12 @@ cdef class Region:
     cdef int _fail(self, int rc, const char *what) except -1:
         raise syscall_error(-rc, what.decode("ascii"))
 
+    cdef int _fail_unmapped(self, int rc, uintptr_t start, uintptr_t end) except -1:
+        raise syscall_error(-rc, "msync(MS_ASYNC)",
+                            "[%#x, %#x) is no longer entirely mapped: the region was "
+                            "unmapped or moved behind writewatch's back, and the "
+                            "written state of the missing pages is lost" % (start, end))
+
     # -- write watch ----------------------------------------------------
 
     def get_write_watch(self, address=None, size=None, *, reset=False,
@@ -212,11 +289,13 @@ cdef class Region:
         cdef uint64_t local[LOCAL_SLOTS]
         cdef uint64_t *heap = NULL
         cdef const char *what = NULL
-        cdef int rc
+        cdef int rc = 0, mapped = 0
         cdef bint do_reset = reset
         cdef np.npy_intp dims[1]
+        cdef np.PyArray_Dims shape
         cdef size_t limit
         cdef np.ndarray outarr
+        cdef np.ndarray result = None
         self._check_tracking()
         self._range(address, size, &start, &end)
         limit = (end - start) // self._page
@@ -231,6 +310,12 @@ cdef class Region:
             if <size_t>np.PyArray_DIM(outarr, 0) < limit:
                 limit = <size_t>np.PyArray_DIM(outarr, 0)
             sink.buf = <uint64_t *>np.PyArray_DATA(outarr)
+        elif do_reset:
+            # The result array is made before the pages are re-armed: a
+            # MemoryError after the reset would lose them (reported to no one).
+            dims[0] = <np.npy_intp>limit
+            result = np.PyArray_EMPTY(1, dims, np.NPY_UINT64, 0)
+            sink.buf = <uint64_t *>np.PyArray_DATA(result)
         elif limit <= LOCAL_SLOTS:
             sink.buf = local
         else:
@@ -242,14 +327,27 @@ cdef class Region:
         sink.limit = limit
         self._enter()
         with nogil:
-            rc = self._engine.collect(start, end, do_reset, &sink, &what)
+            mapped = _check_mapped(start, end)
+            if mapped == 0:
+                rc = self._engine.collect(start, end, do_reset, &sink, &what)
         self._leave()
         try:
+            if mapped < 0:
+                self._fail_unmapped(mapped, start, end)
             if rc < 0:
                 self._fail(rc, what)
             if out is not None:
                 return out[:sink.n]
             dims[0] = <np.npy_intp>sink.n
+            if result is not None:
+                if sink.n < limit:
+                    shape.ptr = dims
+                    shape.len = 1
+                    try:                        # shrinks in place (realloc)
+                        np.PyArray_Resize(result, &shape, 0, np.NPY_CORDER)
+                    except MemoryError:
+                        return result[:sink.n]
+                return result
             result = np.PyArray_EMPTY(1, dims, np.NPY_UINT64, 0)
             if sink.n:
                 memcpy(np.PyArray_DATA(result), sink.buf, sink.n * sizeof(uint64_t))
@@ -261,13 +359,17 @@ cdef class Region:
         """Re-arm the range: none of its pages counts as written afterwards."""
         cdef uintptr_t start, end
         cdef const char *what = NULL
-        cdef int rc
+        cdef int rc = 0, mapped = 0
         self._check_tracking()
         self._range(address, size, &start, &end)
         self._enter()
         with nogil:
-            rc = self._engine.reset(start, end, &what)
+            mapped = _check_mapped(start, end)
+            if mapped == 0:
+                rc = self._engine.reset(start, end, &what)
         self._leave()
+        if mapped < 0:
+            self._fail_unmapped(mapped, start, end)
         if rc < 0:
             self._fail(rc, what)
 
@@ -278,13 +380,17 @@ cdef class Region:
         its written state."""
         cdef uintptr_t start, end
         cdef const char *what = NULL
-        cdef int rc
+        cdef int rc = 0, mapped = 0
         self._check_tracking()
         self._range(address, size, &start, &end)
         self._enter()
         with nogil:
-            rc = self._engine.protect(start, end, prot, &what)
+            mapped = _check_mapped(start, end)
+            if mapped == 0:
+                rc = self._engine.protect(start, end, prot, &what)
         self._leave()
+        if mapped < 0:
+            self._fail_unmapped(mapped, start, end)
         if rc < 0:
             self._fail(rc, what)
 
@@ -292,13 +398,17 @@ cdef class Region:
         """Drop the range's contents and written state (Win32 decommit)."""
         cdef uintptr_t start, end
         cdef const char *what = NULL
-        cdef int rc
+        cdef int rc = 0, mapped = 0
         self._check_tracking()
         self._range(address, size, &start, &end)
         self._enter()
         with nogil:
-            rc = self._engine.discard(start, end, &what)
+            mapped = _check_mapped(start, end)
+            if mapped == 0:
+                rc = self._engine.discard(start, end, &what)
         self._leave()
+        if mapped < 0:
+            self._fail_unmapped(mapped, start, end)
         if rc < 0:
             self._fail(rc, what)
 
@@ -333,9 +443,11 @@ cdef class Region:
     cdef void _unmap(self) noexcept:
         if not self._mapped:
             return
-        if self._engine is not None:
-            self._engine.detach()
-        munmap(<void *>self._base, self._size)
+        if not self._lost:             # else the range is another region's now,
+            if self._engine is not None:            # and the engine detached already
+                self._engine.detach()
+            _release_range(self)
+            munmap(<void *>self._base, self._size)
         self._mapped = False
         if self._engine is not None:
             self._engine.release()

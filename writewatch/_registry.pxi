@@ -11,6 +11,14 @@ BackendInfo.__doc__ = "A backend, whether it can run here, and why (not)."
 # the probes use it to build their scratch regions.
 _FORCE_PREFIX = "\0force:"
 
+import errno as _errnos
+
+# A probe that fails for want of a resource (no fd left, no memory) says
+# nothing about the kernel: such a failure is reported but not remembered,
+# so the backend is probed again once the shortage is over.
+_TRANSIENT_ERRNOS = frozenset((_errnos.EMFILE, _errnos.ENFILE, _errnos.ENOMEM,
+                               _errnos.EAGAIN, _errnos.EINTR))
+
 cdef dict _ENGINES = {}          # name -> (Engine subclass, probe function)
 cdef dict _PROBED = {}           # name -> (available, reason), decided once
 
@@ -31,6 +39,10 @@ def _probe(str name):
     else:
         try:
             result = tuple(_ENGINES[name][1]())
+        except OSError as e:
+            if e.errno in _TRANSIENT_ERRNOS:
+                return (False, "%s (a shortage: probed again next time)" % e)
+            result = (False, "probe failed: %s: %s" % (type(e).__name__, e))
         except Exception as e:       # a probe must never take the import down
             result = (False, "probe failed: %s: %s" % (type(e).__name__, e))
     _PROBED[name] = result
@@ -66,6 +78,9 @@ def _choose_backend(backend):
         raise TypeError("backend must be a str or None, not %s" % type(backend).__name__)
     if backend.startswith(_FORCE_PREFIX):
         name = backend[len(_FORCE_PREFIX):]
+        if name not in _ENGINES:
+            raise ValueError("unknown backend %r (from %s); known backends: %s"
+                             % (backend, source, ", ".join(BACKEND_NAMES)))
         return name, _ENGINES[name][0]
     if backend not in BACKEND_NAMES:
         raise ValueError("unknown backend %r (from %s); known backends: %s"

@@ -82,10 +82,12 @@ cdef extern from "<sys/mman.h>" nogil:
     int munmap(void *addr, size_t length)
     int mprotect(void *addr, size_t length, int prot)
     int madvise(void *addr, size_t length, int advice)
+    int msync(void *addr, size_t length, int flags)
     void *MAP_FAILED
     int PROT_NONE, PROT_READ, PROT_WRITE, PROT_EXEC
     int MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE
     int MADV_DONTNEED
+    int MS_ASYNC
 
 
 cdef extern from "<unistd.h>" nogil:
