@@ -179,6 +179,18 @@ def _repeat(step, budget, min_reps, max_reps=100000):
     return times
 
 
+def _repeat_batched(call, batch, budget, min_reps):
+    """_repeat over the mean time of `batch` back-to-back calls of `call`."""
+    rng = range(batch)
+
+    def step():
+        t0 = time.perf_counter_ns()
+        for _ in rng:
+            call()
+        return (time.perf_counter_ns() - t0) / batch
+    return _repeat(step, budget, min_reps)
+
+
 class FrameLoop:
     """The game-engine frame: write K random pages, one get-and-reset."""
 
@@ -313,15 +325,7 @@ class LimitCall:
         if not np.array_equal(got, self.expect):
             raise BenchError("%s: max_count=%d returned %d pages, not the first %d"
                              % (self.mem.region.backend, self.count, len(got), self.count))
-        call = self.call
-        rng = range(batch)
-
-        def step():
-            t0 = time.perf_counter_ns()
-            for _ in rng:
-                call()
-            return (time.perf_counter_ns() - t0) / batch
-        return _repeat(step, budget, min_reps)
+        return _repeat_batched(self.call, batch, budget, min_reps)
 
     def close(self):
         self.mem.close()
@@ -396,15 +400,7 @@ class Win32Call:
         if result != 0 or count != 4 or gran != PAGE:
             raise BenchError("GetWriteWatch returned (%r, %r, %r), expected (0, 4, %d)"
                              % (result, count, gran, PAGE))
-        call = self.call
-        rng = range(batch)
-
-        def step():
-            t0 = time.perf_counter_ns()
-            for _ in rng:
-                call()
-            return (time.perf_counter_ns() - t0) / batch
-        return _repeat(step, budget, min_reps)
+        return _repeat_batched(self.call, batch, budget, min_reps)
 
     def close(self):
         self.w.VirtualFree(self.base, 0, self.w.MEM_RELEASE)
