@@ -566,3 +566,20 @@ def test_regions_cannot_be_copied_or_pickled(make_region):
     for f in (pickle.dumps, copy.copy, copy.deepcopy):
         with pytest.raises(TypeError):
             f(r)
+
+
+def test_region_closed_by_an_argument_conversion(make_region):
+    """An argument's __index__ may close the region: the call must then fail
+    with ValueError, not scan (or reset) memory that is no longer the region's."""
+    r = make_region(4)
+
+    class Closing:
+        def __index__(self):
+            r.close()
+            return 4 * PAGE
+
+    for call in (lambda: r.get_write_watch(r.address, Closing(), reset=True),
+                 lambda: r.reset_write_watch(r.address, Closing()),
+                 lambda: r.get_write_watch(max_count=Closing())):
+        with pytest.raises(ValueError, match="closed"):
+            call()

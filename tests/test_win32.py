@@ -853,3 +853,39 @@ def test_forked_child_cannot_watch_and_parent_stays_exact(backend):
                           text=True, env=env, timeout=120,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert proc.returncode == 0 and proc.stdout == "ok\n", proc.stderr
+
+
+def test_numpy_view_over_our_decommitted_page_is_refused(backend, monkeypatch):
+    """Any buffer type laid over a decommitted page of ours gets 998 (writing
+    through it would crash), not only ctypes arrays; an impossible count is
+    998 too, never an exception."""
+    monkeypatch.setenv("WRITEWATCH_BACKEND", backend)
+    base = w.VirtualAlloc(0, 0x20000, w.MEM_RESERVE | w.MEM_COMMIT | w.MEM_WRITE_WATCH,
+                          w.PAGE_READWRITE)
+    assert base
+    try:
+        ctypes.c_uint8.from_address(base + 0x1000).value = 1
+        arr = np.ctypeslib.as_array((ctypes.c_uint64 * 16).from_address(base + 0x10000))
+        assert w.VirtualFree(base + 0x10000, 0x10000, w.MEM_DECOMMIT)
+        assert w.GetWriteWatch(0, base, 0x10000, arr, 16) == (0xFFFFFFFF, 16, 0)
+        assert w.GetLastError() == w.ERROR_NOACCESS
+        for count in (1 << 63, (1 << 64) - 1):
+            res = w.GetWriteWatch(0, base, 0x10000, np.zeros(4, np.uint64), count)
+            assert res == (0xFFFFFFFF, count, 0) and w.GetLastError() == w.ERROR_NOACCESS
+        out = np.zeros(4, np.uint64)
+        assert w.GetWriteWatch(0, base, 0x10000, out, 4)[:2] == (0, 1)
+    finally:
+        assert w.VirtualFree(base, 0, w.MEM_RELEASE)
+
+
+def test_release_refused_while_a_view_is_alive_keeps_the_allocation(backend, monkeypatch):
+    monkeypatch.setenv("WRITEWATCH_BACKEND", backend)
+    base = w.VirtualAlloc(0, 0x10000, w.MEM_RESERVE | w.MEM_COMMIT | w.MEM_WRITE_WATCH,
+                          w.PAGE_READWRITE)
+    view = memoryview(w._find(base).region)
+    with pytest.raises(BufferError):
+        w.VirtualFree(base, 0, w.MEM_RELEASE)
+    assert w.VirtualQuery(base).State == w.MEM_COMMIT
+    view.release()
+    assert w.VirtualFree(base, 0, w.MEM_RELEASE)
+    assert w.VirtualQuery(base).State == w.MEM_FREE

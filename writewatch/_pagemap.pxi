@@ -103,6 +103,11 @@ cdef class _PagemapEngine(Engine):
             arg.max_pages = sink.limit - sink.n
             r = ww_ioctl(self.pmfd, PAGEMAP_SCAN, &arg)
             if r < 0:
+                if reset and sink.n > 0:
+                    # Pages reported by an earlier ioctl of this call were
+                    # re-armed already: hand them back as a prefix result
+                    # rather than lose them; the next call meets the error.
+                    return 0
                 what[0] = _scan_failure(r)
                 return <int>r
             for i in range(r):

@@ -6,6 +6,11 @@ import weakref
 cdef enum:
     LOCAL_SLOTS = 512      # results up to this many pages need no malloc
 
+cdef enum:                 # Region._range_op
+    OP_RESET
+    OP_PROTECT
+    OP_DISCARD
+
 
 # The ranges of the open regions: sorted base addresses, and base -> weak
 # reference.  The kernel never maps over a live mapping, so a new region that
@@ -171,6 +176,7 @@ cdef class Region:
             _release_range(self)
             munmap(p, length)
             self._mapped = False
+            (<Engine>engine).release()     # after munmap, as in _unmap()
             raise
         self._engine = engine
         self._backend = name
@@ -257,8 +263,14 @@ cdef class Region:
         end[0] = _round_up(<uintptr_t>(a + n), self._page)
         return 0
 
-    cdef inline void _enter(self):
+    cdef int _enter(self) except -1:
+        # Arguments are converted before this: their __index__ (or a garbage
+        # collection while allocating) may run Python code that closes the
+        # region.  Checked again here, with nothing in between that could
+        # release the GIL, the region stays open until _leave().
+        self._check_tracking()
         self._busy += 1
+        return 0
 
     cdef inline void _leave(self):
         self._busy -= 1
@@ -357,45 +369,20 @@ cdef class Region:
 
     def reset_write_watch(self, address=None, size=None):
         """Re-arm the range: none of its pages counts as written afterwards."""
-        cdef uintptr_t start, end
-        cdef const char *what = NULL
-        cdef int rc = 0, mapped = 0
-        self._check_tracking()
-        self._range(address, size, &start, &end)
-        self._enter()
-        with nogil:
-            mapped = _check_mapped(start, end)
-            if mapped == 0:
-                rc = self._engine.reset(start, end, &what)
-        self._leave()
-        if mapped < 0:
-            self._fail_unmapped(mapped, start, end)
-        if rc < 0:
-            self._fail(rc, what)
+        self._range_op(OP_RESET, address, size, 0)
 
     # -- hooks for writewatch.win32 (not public API) --------------------
 
     def _protect(self, address, size, int prot):
         """mprotect() the range with `prot` (PROT_* bits) without touching
         its written state."""
-        cdef uintptr_t start, end
-        cdef const char *what = NULL
-        cdef int rc = 0, mapped = 0
-        self._check_tracking()
-        self._range(address, size, &start, &end)
-        self._enter()
-        with nogil:
-            mapped = _check_mapped(start, end)
-            if mapped == 0:
-                rc = self._engine.protect(start, end, prot, &what)
-        self._leave()
-        if mapped < 0:
-            self._fail_unmapped(mapped, start, end)
-        if rc < 0:
-            self._fail(rc, what)
+        self._range_op(OP_PROTECT, address, size, prot)
 
     def _discard(self, address, size):
         """Drop the range's contents and written state (Win32 decommit)."""
+        self._range_op(OP_DISCARD, address, size, 0)
+
+    cdef int _range_op(self, int op, object address, object size, int prot) except -1:
         cdef uintptr_t start, end
         cdef const char *what = NULL
         cdef int rc = 0, mapped = 0
@@ -405,12 +392,18 @@ cdef class Region:
         with nogil:
             mapped = _check_mapped(start, end)
             if mapped == 0:
-                rc = self._engine.discard(start, end, &what)
+                if op == OP_RESET:
+                    rc = self._engine.reset(start, end, &what)
+                elif op == OP_PROTECT:
+                    rc = self._engine.protect(start, end, prot, &what)
+                else:
+                    rc = self._engine.discard(start, end, &what)
         self._leave()
         if mapped < 0:
             self._fail_unmapped(mapped, start, end)
         if rc < 0:
             self._fail(rc, what)
+        return 0
 
     # -- buffer protocol ------------------------------------------------
 
@@ -484,3 +477,9 @@ cdef np.ndarray _check_out(object out):
     if np.PyArray_DIM(arr, 0) == 0:
         raise ValueError("out must have room for at least one address")
     return arr
+
+
+def _array_address(np.ndarray a):
+    """Address of an array's first element (for writewatch.win32's check of
+    a caller's buffer against its own inaccessible pages)."""
+    return <uintptr_t>np.PyArray_DATA(a)

@@ -55,8 +55,9 @@ cdef class _SoftDirtyEngine(Engine):
             ww_sd_detach(self.r)
 
     cdef void release(self) noexcept:
-        ww_sd_region_free(self.r)
-        self.r = NULL
+        if self.r != NULL:           # NULL when arm() failed
+            ww_sd_region_free(self.r)
+            self.r = NULL
 
     def __dealloc__(self):
         if self.r != NULL:

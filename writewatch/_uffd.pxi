@@ -53,8 +53,9 @@ cdef class _UffdEngine(Engine):
                 ww_uffd_detach(self.r)
 
     cdef void release(self) noexcept:
-        ww_uffd_region_free(self.r)
-        self.r = NULL
+        if self.r != NULL:           # NULL when arm() failed
+            ww_uffd_region_free(self.r)
+            self.r = NULL
 
     def __dealloc__(self):
         if self.r != NULL:           # armed but never released by a Region

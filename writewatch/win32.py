@@ -59,7 +59,7 @@ import threading as _threading
 
 import numpy as _np
 
-from writewatch._core import PAGE_SIZE, Region as _Region
+from writewatch._core import PAGE_SIZE, Region as _Region, _array_address
 from writewatch._errors import BackendUnavailable as _BackendUnavailable
 from writewatch._errors import syscall_error as _syscall_error
 
@@ -543,8 +543,8 @@ def VirtualFree(address, size, free_type):
         if free_type == MEM_RELEASE:
             if address != alloc.base:
                 return _fail(ERROR_INVALID_ADDRESS, False)
+            _release(alloc)    # BufferError (views alive): the table is unchanged
             _remove(alloc)
-            _release(alloc)
             return True
         if size:
             start = address & ~_PAGE_MASK
@@ -700,15 +700,17 @@ def GetWriteWatch(flags, base, size, addresses, count):
         _tls.error = ERROR_INVALID_PARAMETER
         return _FAILED, count, 0
     try:
+        if count > _MAX_SLOTS:
+            raise ValueError("no buffer has that many slots")
         out = _frombuffer(addresses, _UINT64, count)
     except (ValueError, BufferError):
         _check_buffer(addresses)            # TypeError unless a contiguous buffer
         _tls.error = ERROR_NOACCESS         # too short for `count` slots
         return _FAILED, count, 0
-    if isinstance(addresses, _CtypesArray) and not _writable(_addressof(addresses), 8 * count):
-        # A ctypes array laid over reserved, decommitted or read-only pages
-        # of ours (a guest's bad pointer): Windows answers ERROR_NOACCESS,
-        # writing would be a crash.
+    if not _writable(_array_address(out), 8 * count):
+        # A buffer (ctypes array, numpy view, memoryview...) laid over
+        # reserved, decommitted or read-only pages of ours (a guest's bad
+        # pointer): Windows answers ERROR_NOACCESS, writing would be a crash.
         _tls.error = ERROR_NOACCESS
         return _FAILED, count, 0
     try:
@@ -756,8 +758,7 @@ def ResetWriteWatch(base, size):
 _frombuffer = _np.frombuffer
 _bisect_right = _bisect.bisect_right
 _UINT64 = _np.dtype(_np.uint64)
-_CtypesArray = _ctypes.Array
-_addressof = _ctypes.addressof
+_MAX_SLOTS = (1 << 63) // 8 - 1      # np.frombuffer's count is a C ssize_t
 _WRITABLE = (PAGE_READWRITE, PAGE_EXECUTE_READWRITE)
 
 

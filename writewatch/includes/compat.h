@@ -64,8 +64,8 @@ static inline int ww_pagemap_fd(void)
     uint64_t mine = ((gen & 0xffffffffu) << 32) | (uint32_t)fd;
     if (__atomic_compare_exchange_n(&ww_pm_packed, &cur, mine, 0,
                                     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-        if (cur)
-            close((int)(uint32_t)cur);          /* the copy inherited from a parent */
+        /* A descriptor inherited from a parent is left open: by now its
+         * number may belong to something else the child opened. */
         return fd;
     }
     close(fd);                                  /* another thread won the race */
@@ -90,10 +90,9 @@ static inline int ww_userfaultfd(int flags)
     return r < 0 ? -errno : (int)r;
 }
 
-/* Mark a page written again by a real write that changes nothing: an atomic
- * "or 0" is a write access (it takes the write fault and re-marks the page)
- * but cannot overwrite a value another thread is storing concurrently.  Used
- * to give back pages a failed get-and-reset had already re-armed. */
+/* Write to a page without changing it: an atomic "or 0" is a write access
+ * (it takes the write fault) but cannot overwrite a value another thread is
+ * storing concurrently. */
 static inline void ww_touch_page(uintptr_t addr)
 {
     __atomic_fetch_or((volatile uint8_t *)addr, (uint8_t)0, __ATOMIC_RELAXED);
