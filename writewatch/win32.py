@@ -489,8 +489,7 @@ def _reserve(address, size, kind, protect):
 
 
 def _commit(address, size, protect):
-    start = address & ~_PAGE_MASK
-    end = (address + size + _PAGE_MASK) & ~_PAGE_MASK
+    start, end = _page_range(address, size)
     with _lock:
         alloc = _find(start)
         if alloc is None or end > alloc.end:
@@ -507,13 +506,17 @@ def _commit(address, size, protect):
 
 
 def _reset_pages(address, size):
-    start = address & ~_PAGE_MASK
-    end = (address + size + _PAGE_MASK) & ~_PAGE_MASK
+    start, end = _page_range(address, size)
     with _lock:
         alloc = _find(start)
         if alloc is None or end > alloc.end:
             return _fail(ERROR_INVALID_ADDRESS, 0)
     return start
+
+
+def _page_range(address, size):
+    """[address, address+size) rounded out to whole pages, as Windows does."""
+    return address & ~_PAGE_MASK, (address + size + _PAGE_MASK) & ~_PAGE_MASK
 
 
 def _release(alloc):
@@ -547,8 +550,7 @@ def VirtualFree(address, size, free_type):
             _remove(alloc)
             return True
         if size:
-            start = address & ~_PAGE_MASK
-            end = (address + size + _PAGE_MASK) & ~_PAGE_MASK
+            start, end = _page_range(address, size)
         elif address == alloc.base:
             start, end = alloc.base, alloc.end
         else:
@@ -577,8 +579,7 @@ def VirtualProtect(address, size, new_protect):
     new_protect = _dword(new_protect, "new_protect")
     if new_protect not in _PROT:
         return _fail(ERROR_INVALID_PARAMETER, (False, 0))
-    start = address & ~_PAGE_MASK
-    end = (address + size + _PAGE_MASK) & ~_PAGE_MASK
+    start, end = _page_range(address, size)
     if start == end:
         return _fail(ERROR_INVALID_PARAMETER, (False, 0))
     with _lock:
@@ -687,6 +688,7 @@ def GetWriteWatch(flags, base, size, addresses, count):
     if addresses is None:
         _tls.error = ERROR_NOACCESS
         return _FAILED, count, 0
+    # _page_range, inlined: the hot path of every frame
     start = base & ~_PAGE_MASK
     end = (base + size + _PAGE_MASK) & ~_PAGE_MASK
     bases, allocs = _table
@@ -738,8 +740,7 @@ def ResetWriteWatch(base, size):
     if not size:
         _tls.error = ERROR_INVALID_PARAMETER
         return _FAILED
-    start = base & ~_PAGE_MASK
-    end = (base + size + _PAGE_MASK) & ~_PAGE_MASK
+    start, end = _page_range(base, size)
     alloc = _find(start)
     if alloc is None or alloc.region is None or end > alloc.end:
         _tls.error = ERROR_INVALID_PARAMETER
