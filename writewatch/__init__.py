@@ -19,4 +19,4 @@ __all__ = [
     "default_backend",
 ]
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"     # the only place it is written: pyproject.toml reads it

@@ -5,7 +5,7 @@ import os
 import platform
 import sys
 
-from writewatch import _core
+from writewatch import __version__, _core
 
 
 def _read(path):
@@ -75,6 +75,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="writewatch",
         description="Windows write-watch semantics for Linux: diagnostics and benchmarks.")
+    parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("doctor", help="report the kernel's support and the backends available")
     p.add_argument("--selftest", action="store_true",
