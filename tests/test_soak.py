@@ -3,6 +3,7 @@ available backend, no lost write, nothing reported unwritten, no fd leak.
 And the soak's checker itself must catch a falsified result."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -10,9 +11,13 @@ import pytest
 
 import writewatch
 
+# The child runs where this process found writewatch, so that it imports the
+# same one (from an unbuilt checkout's root it would import the sources).
+BUILT = os.path.dirname(os.path.dirname(os.path.abspath(writewatch.__file__)))
+
 
 def soak(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "writewatch.soak", *args],
+    return subprocess.run([sys.executable, "-m", "writewatch.soak", *args], cwd=BUILT,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -28,6 +33,13 @@ def test_short_soak_every_backend():
         assert lane["kernel_writes"] > 0 or not lane["kernel_writes_supported"], lane
         assert lane["gets"] > 0 and lane["pages_reported"] > 0, lane
     assert rep["end"]["fds"] == rep["start"]["fds"]
+    # progress on stderr although it is a pipe: the start, at least one
+    # interval line naming every backend, the end
+    lines = p.stderr.splitlines()
+    assert lines[0].startswith("soak: " + ", ".join(names) + " for 3 s"), p.stderr
+    ticks = [line for line in lines if " of 3 s " in line]
+    assert ticks and all(n + " " in line for line in ticks for n in names), p.stderr
+    assert lines[-1].startswith("soak: writers stopped after "), p.stderr
 
 
 @pytest.mark.parametrize("kind", ["drop", "extra"])
@@ -41,3 +53,21 @@ def test_soak_checker_catches_a_falsified_result(kind):
 def test_soak_rejects_bad_arguments():
     p = soak("--seconds", "0")
     assert p.returncode == 2 and "must be positive" in p.stderr
+
+
+def test_soak_unknown_backend_is_one_line_and_status_2():
+    p = soak("--seconds", "1", "--backend", "nosuch")
+    assert p.returncode == 2 and p.stdout == "", p.stdout + p.stderr
+    assert p.stderr.count("\n") == 1, p.stderr
+    assert "unknown backend 'nosuch'" in p.stderr
+    assert "known backends: " + ", ".join(writewatch._core.BACKEND_NAMES) in p.stderr
+
+
+def test_soak_unavailable_backend_is_one_line_and_status_2():
+    missing = [b for b in writewatch.backends() if not b.available]
+    if not missing:
+        pytest.skip("every backend can run here")
+    p = soak("--seconds", "1", "--backend", missing[0].name)
+    assert p.returncode == 2 and p.stdout == "", p.stdout + p.stderr
+    assert p.stderr == ("python -m writewatch.soak: error: backend %r cannot run here: "
+                        "%s\n" % (missing[0].name, missing[0].reason)), p.stderr

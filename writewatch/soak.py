@@ -3,9 +3,11 @@
 On every available backend at once, several writer threads write per-page
 sequence numbers into a region while a collector thread loops on
 get-and-reset, checking after every call that no write was lost and nothing
-was reported that was not written.  At the end it prints what it did
-(operations, pages tracked, peak RSS, open fds and mappings at start and
-end) and exits non-zero on any violation.
+was reported that was not written.  While it runs, a line of progress goes
+to stderr every few seconds (terminal or not).  At the end it prints what it
+did (operations, pages tracked, peak RSS, open fds and mappings at start and
+end) and exits non-zero on any violation; an unknown or unavailable
+``--backend`` is one line on stderr and exit status 2.
 
 The check, per page p.  One writer owns each page, so the page's writes are
 numbered 1, 2, ...  Before its store of s the writer notes started[p] = s and
@@ -241,14 +243,37 @@ class Lane:
                 "messages": self.messages}
 
 
-def run(seconds, backends=None, npages=2048, nwriters=4, seed=None, self_test=None):
-    """Run the soak; returns a dict report (report["ok"] says it all)."""
+def progress_interval(seconds):
+    """Seconds between progress lines: ten or so per run, 1 to 30 s apart."""
+    return min(30.0, max(1.0, seconds / 10))
+
+
+def progress_line(elapsed, seconds, lanes):
+    """One line of progress: per backend, writes started, gets, violations."""
+    return "soak: %5.1f of %g s  %s" % (elapsed, seconds, "  ".join(
+        "%s %d writes, %d gets, %d violation(s)"
+        % (lane.backend, int(lane.started.sum()), lane.gets, lane.violations)
+        for lane in lanes))
+
+
+def run(seconds, backends=None, npages=2048, nwriters=4, seed=None, self_test=None,
+        progress=None):
+    """Run the soak; returns a dict report (report["ok"] says it all).
+
+    With `progress` (a text file such as sys.stderr), writes a line when the
+    run starts, one per interval (see progress_interval) and one when the
+    writers stop, whether or not the file is a terminal."""
     if seed is None:
         seed = random.randrange(1 << 31)
     if backends is None:
         backends = [b.name for b in writewatch.backends() if b.available]
     start_stats = proc_stats()
     lanes = [Lane(b, npages, nwriters, seed + i, self_test) for i, b in enumerate(backends)]
+    if progress is not None:
+        progress.write("soak: %s for %g s, %d pages and %d writer threads each, seed %d\n"
+                       % (", ".join(backends) or "no backend", seconds, npages,
+                          nwriters, seed))
+        progress.flush()
     stop_writers = threading.Event()
     stop_collectors = threading.Event()
     writers = [threading.Thread(target=lane.writer, args=(i, stop_writers), daemon=True)
@@ -263,6 +288,8 @@ def run(seconds, backends=None, npages=2048, nwriters=4, seed=None, self_test=No
     for t in writers + collectors:
         t.start()
     busy_stats = None
+    interval = progress_interval(seconds)
+    next_line = interval
     try:
         while time.monotonic() - t0 < seconds:
             time.sleep(min(0.5, max(0.0, seconds - (time.monotonic() - t0))))
@@ -270,6 +297,10 @@ def run(seconds, backends=None, npages=2048, nwriters=4, seed=None, self_test=No
                 busy_stats = proc_stats()
             if any(lane.errors for lane in lanes):
                 break
+            if progress is not None and time.monotonic() - t0 >= next_line:
+                progress.write(progress_line(time.monotonic() - t0, seconds, lanes) + "\n")
+                progress.flush()
+                next_line += interval
     finally:
         stop_writers.set()
         for t in writers:
@@ -279,6 +310,9 @@ def run(seconds, backends=None, npages=2048, nwriters=4, seed=None, self_test=No
             t.join()
         sys.setswitchinterval(switch)
     elapsed = time.monotonic() - t0
+    if progress is not None:
+        progress.write("soak: writers stopped after %.1f s, closing the books\n" % elapsed)
+        progress.flush()
     for lane in lanes:
         if not lane.errors:
             try:
@@ -342,8 +376,20 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.seconds <= 0 or args.pages < 1 or args.writers < 1:
         ap.error("--seconds, --pages and --writers must be positive")
+    known = {b.name: b for b in writewatch.backends()}
+    for name in args.backend or ():
+        # One line and exit status 2, as argparse does for its own errors,
+        # without the usage text: the line says everything.
+        if name not in known:
+            sys.stderr.write("%s: error: unknown backend %r; known backends: %s\n"
+                             % (ap.prog, name, ", ".join(known)))
+            return 2
+        if not known[name].available:
+            sys.stderr.write("%s: error: backend %r cannot run here: %s\n"
+                             % (ap.prog, name, known[name].reason))
+            return 2
     rep = run(args.seconds, args.backend, args.pages, args.writers, args.seed,
-              args.self_test)
+              args.self_test, progress=sys.stderr)
     print(json.dumps(rep, indent=1) if args.json else format_report(rep))
     return 0 if rep["ok"] else 1
 
