@@ -1,0 +1,111 @@
+# Type stubs for writewatch._core, the compiled extension (_core.pyx and its
+# .pxi parts).  They describe what the extension does at run time;
+# tests/test_typing.py checks them against it with mypy's stubtest, and
+# checks that mypy --strict types a user's program by them.
+#
+# Keep them in step with the .pxi files: a new public function, class or
+# argument is added here in the same commit.
+
+from types import TracebackType
+from typing import Literal, NamedTuple, SupportsIndex
+
+import numpy as np
+import numpy.typing as npt
+from typing_extensions import Self
+
+from writewatch._errors import (
+    BackendUnavailable as BackendUnavailable,
+    ForkedRegionError as ForkedRegionError,
+    WriteWatchError as WriteWatchError,
+    syscall_error as syscall_error,
+)
+
+PAGE_SIZE: int
+"""The system's page size in bytes, the unit of tracking."""
+
+BACKEND_NAMES: tuple[str, ...]
+"""Every backend writewatch knows, in order of preference."""
+
+class BackendInfo(NamedTuple):
+    """A backend, whether it can run here, and why (not)."""
+
+    name: str
+    available: bool
+    reason: str
+
+def backends() -> list[BackendInfo]:
+    """Every backend in preference order, as BackendInfo(name, available, reason)."""
+
+def default_backend() -> str:
+    """The backend a Region gets with backend=None here and now."""
+
+class Region:
+    """Anonymous, zero-filled read/write memory whose written pages are tracked."""
+
+    def __init__(
+        self,
+        size: SupportsIndex,
+        *,
+        backend: str | None = None,
+        address: SupportsIndex | None = None,
+    ) -> None: ...
+    @property
+    def address(self) -> int:
+        """Base address of the memory (page aligned); ValueError once closed."""
+    @property
+    def size(self) -> int:
+        """Size in bytes, a whole number of pages."""
+    @property
+    def page_size(self) -> int:
+        """Tracking granularity in bytes."""
+    @property
+    def backend(self) -> str:
+        """Name of the backend that tracks this region."""
+    @property
+    def closed(self) -> bool:
+        """Whether close() has been called."""
+    def get_write_watch(
+        self,
+        address: SupportsIndex | None = None,
+        size: SupportsIndex | None = None,
+        *,
+        reset: bool = False,
+        max_count: SupportsIndex | None = None,
+        out: npt.NDArray[np.uint64] | None = None,
+    ) -> npt.NDArray[np.uint64]:
+        """Addresses of the pages written in the range, ascending, as uint64
+        (a prefix view of `out` when it is given)."""
+    def reset_write_watch(
+        self, address: SupportsIndex | None = None, size: SupportsIndex | None = None
+    ) -> None:
+        """Re-arm the range: none of its pages counts as written afterwards."""
+    def close(self) -> None:
+        """Unmap the memory; idempotent; BufferError while views exist."""
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> Literal[False]: ...
+    # The buffer protocol (memoryview(r), numpy.frombuffer(r)): writable,
+    # one-dimensional bytes.
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+    def __release_buffer__(self, buffer: memoryview, /) -> None: ...
+
+    # Hooks for writewatch.win32, not public API.
+    def _protect(self, address: SupportsIndex, size: SupportsIndex, prot: int) -> None: ...
+    def _discard(self, address: SupportsIndex, size: SupportsIndex) -> None: ...
+
+# Still to come, each stubbed here (or in Region above, for a method) in the
+# commit that adds it to the extension: the batch call get_write_watch_many,
+# Snapshots and DeltaLog.
+
+# -- internal, used by writewatch's own modules; not public API --------------
+
+class Engine:
+    """Base class of the backends' engines (C hooks only)."""
+
+def _array_address(a: npt.NDArray[np.generic]) -> int: ...
+def _uffd_features() -> int: ...
