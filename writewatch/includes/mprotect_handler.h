@@ -556,7 +556,7 @@ static void ww_mp_release(struct ww_mp_region *r);
 /* Track [base, base+size), now read/write and never written.  Returns the
  * region or NULL with *err = -errno and *what the failed call. */
 static struct ww_mp_region *ww_mp_arm(uintptr_t base, size_t size, size_t page,
-                                      int *err, const char **what)
+                                      int committed, int *err, const char **what)
 {
     struct ww_mp_region *r;
     unsigned slot;
@@ -566,11 +566,14 @@ static struct ww_mp_region *ww_mp_arm(uintptr_t base, size_t size, size_t page,
         *what = "sigaction(SIGSEGV)";
         return NULL;
     }
+    /* A zero byte is a reserved page: PROT_NONE, not written.  calloc of a
+     * large reservation's state is an mmap whose pages cost nothing until
+     * a commit writes them. */
     r = calloc(1, sizeof *r);
-    if (r == NULL || (r->state = malloc(size / page)) == NULL) {
+    if (r == NULL || (r->state = calloc(size / page, 1)) == NULL) {
         free(r);
         *err = -ENOMEM;
-        *what = "malloc";
+        *what = "calloc";
         return NULL;
     }
     r->base = base;
@@ -578,7 +581,8 @@ static struct ww_mp_region *ww_mp_arm(uintptr_t base, size_t size, size_t page,
     r->page = page;
     r->shift = (unsigned)__builtin_ctzl(page);
     r->npages = size / page;
-    memset(r->state, WW_MP_BYTE(PROT_READ | PROT_WRITE), r->npages);
+    if (committed)
+        memset(r->state, WW_MP_BYTE(PROT_READ | PROT_WRITE), r->npages);
     pthread_mutex_init(&r->lock, NULL);
 
     /* Reading /proc/self/maps costs milliseconds, so the budget is taken
@@ -629,6 +633,8 @@ static struct ww_mp_region *ww_mp_arm(uintptr_t base, size_t size, size_t page,
         __atomic_store_n(&ww_mp_hwm, slot + 1, __ATOMIC_RELEASE);
     ww_mp_unlock();
 
+    if (!committed)
+        return r;                   /* PROT_NONE already; commits arm */
     /* Fault one page in first, so the whole mapping gets its anon_vma now.
      * Otherwise every page first written after a split gets one of its own,
      * and the kernel can never merge the VMAs again once they are re-armed
@@ -868,6 +874,90 @@ static int ww_mp_protect(struct ww_mp_region *r, uintptr_t start, uintptr_t end,
         }
         ww_mp_account(r, d);
         i = j;
+    }
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+/* Apply every page's kernel protection again over [start, end), run by
+ * run of equal state: write permission taken from the clean pages, given to
+ * the written ones.  Heals what a program's own mprotect() of tracked pages
+ * did behind our back.  Forgets nothing (the state bytes stay). */
+static int ww_mp_rearm(struct ww_mp_region *r, uintptr_t start, uintptr_t end,
+                       const char **what)
+{
+    size_t i = (start - r->base) >> r->shift, e = (end - r->base) >> r->shift;
+    int rc = 0;
+    pthread_mutex_lock(&r->lock);
+    while (i < e) {
+        uint8_t b0 = ww_mp_load(r, i);
+        size_t j = i + 1;
+        while (j < e && ww_mp_load(r, j) == b0)
+            j++;
+        rc = ww_mp_mprotect(r, i, j, ww_mp_kprot(b0));
+        if (rc < 0) {
+            *what = "mprotect";
+            break;
+        }
+        i = j;
+    }
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+/* Win32 commit of reserved [start, end): clean pages with protection prot
+ * (kernel protection without write permission). */
+static int ww_mp_commit(struct ww_mp_region *r, uintptr_t start, uintptr_t end, int prot,
+                        const char **what)
+{
+    size_t i = (start - r->base) >> r->shift, e = (end - r->base) >> r->shift;
+    int rc;
+    pthread_mutex_lock(&r->lock);
+    long d = ww_mp_delta(r, i, e, PROT_NONE, (unsigned)prot & ~(unsigned)PROT_WRITE);
+    for (size_t k = i; k < e; k++)
+        __atomic_store_n(&r->state[k], WW_MP_BYTE(prot), __ATOMIC_RELEASE);
+    rc = ww_mp_mprotect(r, i, e, (unsigned)prot & ~(unsigned)PROT_WRITE);
+    if (rc < 0) {
+        for (size_t k = i; k < e; k++)
+            __atomic_store_n(&r->state[k], 0, __ATOMIC_RELEASE);
+        *what = "mprotect";
+    } else {
+        ww_mp_account(r, d);
+    }
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+/* Win32 decommit of [start, end): no access, contents dropped, not
+ * written.  (This backend fills no page tables when it arms, so
+ * MADV_DONTNEED is enough.) */
+static int ww_mp_decommit(struct ww_mp_region *r, uintptr_t start, uintptr_t end,
+                          const char **what)
+{
+    size_t i = (start - r->base) >> r->shift, e = (end - r->base) >> r->shift;
+    int rc;
+    pthread_mutex_lock(&r->lock);
+    long d = 0;
+    /* VMAs: each run's protection becomes PROT_NONE. */
+    for (size_t a = i; a < e;) {
+        uint8_t b0 = ww_mp_load(r, a);
+        size_t b = a + 1;
+        while (b < e && ww_mp_load(r, b) == b0)
+            b++;
+        d += ww_mp_delta(r, a, b, ww_mp_kprot(b0), PROT_NONE);
+        a = b;
+    }
+    rc = ww_mp_mprotect(r, i, e, PROT_NONE);
+    if (rc < 0) {
+        *what = "mprotect";
+    } else {
+        for (size_t k = i; k < e; k++)
+            __atomic_store_n(&r->state[k], 0, __ATOMIC_RELEASE);
+        ww_mp_account(r, d);
+        if (madvise((void *)start, end - start, MADV_DONTNEED) != 0) {
+            rc = -errno;
+            *what = "madvise(MADV_DONTNEED)";
+        }
     }
     pthread_mutex_unlock(&r->lock);
     return rc;
