@@ -142,3 +142,22 @@ cdef inline int remap_reserved(uintptr_t start, uintptr_t end,
         return -errno
     madvise(p, end - start, MADV_NOHUGEPAGE)
     return 0
+
+
+@cython.auto_pickle(False)
+cdef class _PlainEngine(Engine):
+    """No write watch: the engine of writewatch.win32's allocations made
+    without MEM_WRITE_WATCH.  Commit, decommit and protection changes are
+    the plain system calls; nothing is tracked (collect/reset are never
+    called on such a region)."""
+
+    cdef int commit(self, uintptr_t start, uintptr_t end, int prot,
+                    const char **what) noexcept nogil:
+        if prot != PROT_NONE and mprotect(<void *>start, end - start, prot) != 0:
+            what[0] = "mprotect"
+            return -errno
+        return 0
+
+    cdef int decommit(self, uintptr_t start, uintptr_t end,
+                      const char **what) noexcept nogil:
+        return remap_reserved(start, end, what)

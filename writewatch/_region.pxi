@@ -341,7 +341,7 @@ cdef class Region:
     cdef size_t _page
     cdef unsigned _shift
     cdef Engine _engine
-    cdef str _backend
+    cdef object _backend       # str, or None for an untracked (win32) allocation
     cdef Py_ssize_t _exports
     cdef Py_ssize_t _busy
     cdef bint _closed
@@ -376,8 +376,8 @@ cdef class Region:
         name, engine_class = _choose_backend(backend)
         self._setup(size, address, name, engine_class, True)
 
-    cdef int _setup(self, object size, object address, str name, object engine_class,
-                    bint committed) except -1:
+    cdef int _setup(self, object size, object address, object name, object engine_class,
+                    bint committed, size_t align=0) except -1:
         self._inited = True
         cdef size_t page = _PAGE_SIZE
         cdef object n = _index(size, "size")
@@ -406,9 +406,20 @@ cdef class Region:
                           "a %s region of %s" % (name, _fmt_bytes(length)))
 
         cdef void *p
+        cdef uintptr_t aligned
+        cdef size_t extra = align - page if align > page and want == 0 else 0
         cdef int prot = PROT_READ | PROT_WRITE if committed else PROT_NONE
         with nogil:
-            p = mmap(<void *>want, length, prot, flags, -1, 0)
+            p = mmap(<void *>want, length + extra, prot, flags, -1, 0)
+            if p != MAP_FAILED and extra:
+                # Placed at a multiple of `align`: map `extra` bytes more and
+                # give back the head and the tail around the aligned part.
+                aligned = (<uintptr_t>p + align - 1) & ~(<uintptr_t>align - 1)
+                if aligned > <uintptr_t>p:
+                    munmap(p, aligned - <uintptr_t>p)
+                if <uintptr_t>p + extra > aligned:
+                    munmap(<void *>(aligned + length), <uintptr_t>p + extra - aligned)
+                p = <void *>aligned
         if p == MAP_FAILED:
             err = errno
             if err == EEXIST:
@@ -497,6 +508,13 @@ cdef class Region:
     cdef int _check_tracking(self) except -1:
         self._check_open()
         if self._fork_gen != ww_fork_generation():
+            if self._backend is None:
+                # Untracked memory (a win32 allocation without write watch):
+                # nothing to lose in a child, which adopts it.  Its mutex may
+                # have been held by a parent's thread at fork(): a fresh one.
+                pthread_mutex_init(&self._mu, NULL)
+                self._fork_gen = ww_fork_generation()
+                return 0
             raise ForkedRegionError(
                 "this Region was made in the parent process; after fork() the "
                 "child's copy can be read, written and closed, but is not tracked")
@@ -775,6 +793,29 @@ cdef class Region:
             self._fail(rc, what)
         return 0
 
+    cdef uintptr_t *_parse_runs(self, object runs, size_t *nruns) except NULL:
+        """runs -- (start, end) page ranges, ascending, disjoint, inside the
+        region -- as a malloc'd C array of bounds (free it)."""
+        cdef size_t n = len(runs), i
+        cdef uintptr_t s, e, lo = self._base, hi = self._base + self._size
+        cdef uintptr_t *bounds = <uintptr_t *>malloc((2 * n + 1) * sizeof(uintptr_t))
+        if bounds == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                s, e = runs[i]
+                if s < lo or e > hi or s >= e or (s | e) & (self._page - 1):
+                    raise ValueError("run [%#x, %#x) is not a page range of the region"
+                                     % (s, e))
+                bounds[2 * i] = s
+                bounds[2 * i + 1] = e
+                lo = e
+        except BaseException:
+            free(bounds)
+            raise
+        nruns[0] = n
+        return bounds
+
     def _get_runs(self, runs, bint reset, np.ndarray out):
         """For writewatch.win32: the written pages of several committed runs
         ((start, end) page-aligned, ascending, inside the region) into `out`
@@ -784,31 +825,17 @@ cdef class Region:
         cdef Sink sink
         cdef const char *what = NULL
         cdef int rc = 0, mapped = 0
-        cdef size_t nruns = len(runs), i
-        cdef uintptr_t *bounds
-        cdef uintptr_t s, e, lo = self._base, hi = self._base + self._size
+        cdef size_t nruns, i = 0
         self._check_tracking()
-        bounds = <uintptr_t *>malloc((2 * nruns + 1) * sizeof(uintptr_t))
-        if bounds == NULL:
-            raise MemoryError()
+        cdef uintptr_t *bounds = self._parse_runs(runs, &nruns)
         try:
-            for i in range(nruns):
-                s, e = runs[i]
-                if s < lo or e > hi or s >= e or (s | e) & (self._page - 1):
-                    raise ValueError("run [%#x, %#x) is not a page range of the region"
-                                     % (s, e))
-                bounds[2 * i] = s
-                bounds[2 * i + 1] = e
-                lo = e
             sink.buf = <uint64_t *>np.PyArray_DATA(out)
             sink.n = 0
             sink.limit = <size_t>np.PyArray_DIM(out, 0)
             self._enter()
             with nogil:
                 self._lock()
-                for i in range(nruns):
-                    if sink.n >= sink.limit:
-                        break
+                while i < nruns and sink.n < sink.limit:
                     mapped = _check_mapped(bounds[2 * i], bounds[2 * i + 1])
                     if mapped < 0:
                         break
@@ -816,6 +843,7 @@ cdef class Region:
                                               &sink, &what)
                     if rc < 0:
                         break
+                    i += 1
                 self._unlock()
             self._leave()
             if mapped < 0:
@@ -823,6 +851,35 @@ cdef class Region:
             if rc < 0 and not (reset and sink.n):
                 self._fail(rc, what)
             return sink.n
+        finally:
+            free(bounds)
+
+    def _reset_runs(self, runs):
+        """For writewatch.win32: reset_write_watch() of several committed
+        runs in one locked step."""
+        cdef const char *what = NULL
+        cdef int rc = 0, mapped = 0
+        cdef size_t nruns, i = 0
+        self._check_tracking()
+        cdef uintptr_t *bounds = self._parse_runs(runs, &nruns)
+        try:
+            self._enter()
+            with nogil:
+                self._lock()
+                while i < nruns:
+                    mapped = _check_mapped(bounds[2 * i], bounds[2 * i + 1])
+                    if mapped < 0:
+                        break
+                    rc = self._reset_locked(bounds[2 * i], bounds[2 * i + 1], &what)
+                    if rc < 0:
+                        break
+                    i += 1
+                self._unlock()
+            self._leave()
+            if mapped < 0:
+                self._fail_unmapped(mapped, bounds[2 * i], bounds[2 * i + 1])
+            if rc < 0:
+                self._fail(rc, what)
         finally:
             free(bounds)
 
@@ -1142,14 +1199,25 @@ def _array_address(np.ndarray a):
     return <uintptr_t>np.PyArray_DATA(a)
 
 
-def _reserve(size, *, backend=None, address=None):
+def _reserve(size, *, backend=None, address=None, size_t align=0, bint watch=True):
     """For writewatch.win32: a Region all of whose pages are reserved --
     mapped PROT_NONE, not armed, costing no page tables -- to be committed
-    piecewise with Region._commit()."""
-    name, engine_class = _choose_backend(backend)
+    piecewise with Region._commit().  `align`: placed at a multiple of it
+    when `address` is None.  watch=False: no write watch at all (a plain
+    allocation; its backend is None)."""
     cdef Region r = Region.__new__(Region)
-    r._setup(size, address, name, engine_class, False)
+    if watch:
+        name, engine_class = _choose_backend(backend)
+    else:
+        name, engine_class = None, _PlainEngine
+    r._setup(size, address, name, engine_class, False, align)
     return r
+
+
+def _index_arg(value, str name):
+    """operator.index with a message that names the argument (shared with
+    writewatch.win32)."""
+    return _index(value, name)
 
 
 def _probe_region(size, str name):

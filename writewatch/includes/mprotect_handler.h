@@ -67,6 +67,7 @@ struct ww_mp_region {
     long splits;                        /* VMAs this region's splits added (estimate) */
     pthread_mutex_t lock;               /* serialises the control calls */
     uint8_t *state;                     /* npages bytes */
+    char name[40];                      /* its VMAs' name (PR_SET_VMA_ANON_NAME) */
 };
 
 /* ---- global state ------------------------------------------------------ */
@@ -600,7 +601,8 @@ static struct ww_mp_region *ww_mp_arm(uintptr_t base, size_t size, size_t page,
     /* A name of its own keeps the kernel from merging the region's VMAs
      * with a neighbour's (needs CONFIG_ANON_VMA_NAME; harmless without). */
     {
-        char name[40] = "writewatch-mprotect-";
+        char *name = r->name;
+        strcpy(name, "writewatch-mprotect-");
         uint64_t seq = __atomic_add_fetch(&ww_mp_name_seq, 1, __ATOMIC_RELAXED);
         char digits[24];
         int nd = 0;
@@ -929,8 +931,9 @@ static int ww_mp_commit(struct ww_mp_region *r, uintptr_t start, uintptr_t end, 
 }
 
 /* Win32 decommit of [start, end): no access, contents dropped, not
- * written.  (This backend fills no page tables when it arms, so
- * MADV_DONTNEED is enough.) */
+ * written.  A fresh PROT_NONE mapping replaces the range, which gives back
+ * the page tables its written pages filled (MADV_DONTNEED keeps them); it
+ * gets the region's VMA name again. */
 static int ww_mp_decommit(struct ww_mp_region *r, uintptr_t start, uintptr_t end,
                           const char **what)
 {
@@ -954,9 +957,14 @@ static int ww_mp_decommit(struct ww_mp_region *r, uintptr_t start, uintptr_t end
         for (size_t k = i; k < e; k++)
             __atomic_store_n(&r->state[k], 0, __ATOMIC_RELEASE);
         ww_mp_account(r, d);
-        if (madvise((void *)start, end - start, MADV_DONTNEED) != 0) {
+        void *p = mmap((void *)start, end - start, PROT_NONE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+        if (p == MAP_FAILED) {
             rc = -errno;
-            *what = "madvise(MADV_DONTNEED)";
+            *what = "mmap(MAP_FIXED, PROT_NONE)";
+        } else {
+            madvise(p, end - start, MADV_NOHUGEPAGE);
+            prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, start, end - start, r->name);
         }
     }
     pthread_mutex_unlock(&r->lock);
