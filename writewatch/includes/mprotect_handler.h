@@ -110,10 +110,13 @@ static inline void ww_mp_unlock(void) { __atomic_store_n(&ww_mp_spin, 0, __ATOMI
 
 /* Only the forking thread lives on in a child: no handler is inside, no
  * writer holds the lock. */
+static int ww_mp_watchdog_on;           /* the watchdog thread runs */
+
 static void ww_mp_on_fork_child(void)
 {
     ww_mp_readers[0] = ww_mp_readers[1] = 0;
     ww_mp_spin = 0;
+    ww_mp_watchdog_on = 0;              /* threads do not survive fork() */
 }
 
 static void ww_mp_atfork_install(void) { pthread_atfork(NULL, NULL, ww_mp_on_fork_child); }
@@ -482,6 +485,58 @@ static int ww_mp_handler_is_current(void)
     return (cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == ww_mp_handler;
 }
 
+/* ---- the watchdog ----------------------------------------------------------
+ * A SIGSEGV handler installed over ours after a region exists -- Python's
+ * signal.signal(SIGSEGV, f), whose C handler only sets a flag and returns --
+ * never resolves a tracked page's fault: the write faults again, forever,
+ * and the thread spins at 100 % CPU without ever running Python code again.
+ * The control calls put ours back on top, but a thread that only writes
+ * never makes one.  So while regions exist a small thread checks every
+ * WW_MP_WATCH_NS that ours is still the current handler, and if not puts it
+ * back on top, chaining to the newcomer (which then sees every fault that is
+ * not ours, as before).  A write caught in that window resumes within one
+ * period.  The thread takes no lock the handler takes and holds none while
+ * sleeping. */
+#define WW_MP_WATCH_NS 10000000L        /* 10 ms */
+
+static long ww_mp_regions(void);
+
+static void *ww_mp_watchdog(void *arg)
+{
+    (void)arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    for (;;) {
+        struct timespec ts = {0, WW_MP_WATCH_NS};
+        nanosleep(&ts, NULL);
+        if (ww_mp_regions() > 0 && !ww_mp_handler_is_current()) {
+            static int said;
+            if (ww_mp_install() == 0 && !said) {
+                said = 1;               /* once: Python resets handlers at exit too */
+                ww_mp_say("writewatch: another SIGSEGV handler was installed over the "
+                          "mprotect backend's; put back on top, chaining to it\n");
+            }
+        }
+    }
+    return NULL;
+}
+
+/* Start the watchdog once per process (and once more in a fork child). */
+static void ww_mp_watchdog_start(void)
+{
+    if (__atomic_exchange_n(&ww_mp_watchdog_on, 1, __ATOMIC_ACQ_REL))
+        return;
+    pthread_t th;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 64 * 1024);
+    if (pthread_create(&th, &attr, ww_mp_watchdog, NULL) != 0)
+        __atomic_store_n(&ww_mp_watchdog_on, 0, __ATOMIC_RELEASE);  /* tried again later */
+    pthread_attr_destroy(&attr);
+}
+
 /* Lines in /proc/self/maps: the VMAs of the process, or -errno. */
 static long ww_mp_count_vmas(void)
 {
@@ -567,6 +622,7 @@ static struct ww_mp_region *ww_mp_arm(uintptr_t base, size_t size, size_t page,
         *what = "sigaction(SIGSEGV)";
         return NULL;
     }
+    ww_mp_watchdog_start();
     /* A zero byte is a reserved page: PROT_NONE, not written.  calloc of a
      * large reservation's state is an mmap whose pages cost nothing until
      * a commit writes them. */
