@@ -12,9 +12,11 @@ cdef class _MprotectEngine(Engine):
     cdef ww_mp_region *r
 
     cdef size_t arm_cost(self, size_t size) noexcept:
-        # A state byte per page (the page tables fill only as pages are
-        # written, as for any memory).
-        return size // _PAGE_SIZE + 4096
+        # A state byte per page, calloc'd: zero bytes stand for the region's
+        # first state, so only the pages of it that writes and protection
+        # changes touch cost memory -- as the page tables, which fill as the
+        # pages are written, as for any memory.
+        return 4096
 
     cdef int arm(self, uintptr_t base, size_t size, size_t page,
                  bint committed) except -1:

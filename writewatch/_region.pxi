@@ -81,7 +81,7 @@ cdef _release_range(Region region):
     # In __dealloc__ the weak reference is already dead.
     if ref is not None and ref() in (region, None):
         del _live[region._base]
-        _live_bases.remove(region._base)
+        del _live_bases[bisect.bisect_left(_live_bases, region._base)]
 
 
 cdef inline size_t _round_up(size_t x, size_t page) noexcept nogil:
