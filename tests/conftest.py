@@ -1,25 +1,15 @@
-"""Shared fixtures: every contract test runs once per backend.
+"""Fixtures and hooks only; what tests share otherwise is in helpers.py.
 
-A backend that cannot run here is skipped with the probe's reason, so the
-reason shows in pytest's summary (-ra)."""
+Every contract test runs once per backend (the `backend` fixture).  A backend
+that cannot run here is skipped with the probe's reason, so the reason shows
+in pytest's summary (-ra)."""
 
 import os
 
-import numpy as np
 import pytest
 
 import writewatch
-
-PAGE = writewatch.PAGE_SIZE
-BACKENDS = [b.name for b in writewatch.backends()]
-_INFO = {b.name: b for b in writewatch.backends()}
-
-
-def require_backend(name):
-    info = _INFO[name]
-    if not info.available:
-        pytest.skip("backend %r unavailable here: %s" % (name, info.reason))
-    return name
+from helpers import BACKENDS, PAGE, require_backend
 
 
 @pytest.fixture(params=BACKENDS)
@@ -45,28 +35,9 @@ def make_region(backend):
             pass
 
 
-def write_pages(region, pages, value=1):
-    """Write one byte into each page index of `pages` (ground truth)."""
-    view = np.frombuffer(region, dtype=np.uint8)
-    try:
-        for p in pages:
-            view[p * PAGE + (p * 7) % PAGE] = value
-    finally:
-        del view
-
-
-def page_indexes(region, addresses):
-    """Absolute addresses -> page indexes in the region (checked aligned)."""
-    out = []
-    for a in addresses:
-        a = int(a)
-        assert a % PAGE == 0, hex(a)
-        out.append((a - region.address) // PAGE)
-    return out
-
-
 @pytest.fixture(autouse=True)
 def _no_env_backend(monkeypatch):
     """Tests choose backends explicitly; an outer WRITEWATCH_BACKEND must not leak in."""
     if "WRITEWATCH_BACKEND" in os.environ:
         monkeypatch.delenv("WRITEWATCH_BACKEND")
+
