@@ -24,7 +24,7 @@ Backends, probed once::
     backend_skip_reason(name)  that reason (None when the backend is available)
 
 The conftest's `backend` fixture parametrises a test over BACKENDS with
-require_backend, so pytest's summary shows why a backend was skipped.
+require_backend; the skips of one backend are one line in pytest's summary.
 
 Shared checks and settings::
 
@@ -112,7 +112,8 @@ IS_ROOT = os.geteuid() == 0
 
 def backend_skip_reason(name):
     """Why backend `name` cannot run here (None when it can).  One text per
-    backend, the same as bench/conftest.py's."""
+    backend, the same as bench/conftest.py's, so pytest's summary counts
+    every skip of one backend on one line."""
     info = BACKEND_INFO[name]
     if info.available:
         return None

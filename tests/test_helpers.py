@@ -1,9 +1,10 @@
 """The test helpers themselves (helpers.py): a child's failure shows its
 output, a hang fails within its timeout and leaves no process behind, a
-memory cgroup bounds a child and is always removed, and the accounting
-checker catches a lost write."""
+memory cgroup bounds a child and is always removed, the accounting checker
+catches a lost write, and the summary counts a skip reason once."""
 
 import os
+import shutil
 import signal
 import textwrap
 
@@ -222,3 +223,48 @@ def test_accounting_catches_a_lost_write():
     with pytest.raises(AssertionError, match="no write to account"):
         check_accounting(4, [{1}, set(), {1}, set(), {1}, {2}], writes)
 
+
+# -- the skip summary ------------------------------------------------------------------------
+
+def test_one_summary_line_per_skip_reason(tmp_path):
+    """Skips of one reason -- from a fixture, at several tests, and from skip
+    marks -- are counted on one line of the -ra summary."""
+    for name in ("conftest.py", "helpers.py"):
+        shutil.copy(os.path.join(helpers.TESTS, name), str(tmp_path / name))
+    (tmp_path / "test_x.py").write_text(textwrap.dedent("""
+        import pytest
+        from helpers import require_backend
+
+        @pytest.fixture(params=range(3))
+        def thing(request):
+            pytest.skip("no thing here")
+
+        def test_a(thing):
+            pass
+
+        def test_b(thing):
+            pass
+
+        @pytest.mark.parametrize("i", [pytest.param(1, marks=pytest.mark.skip(
+            reason="no thing here")), 2])
+        def test_c(i):
+            pass
+
+        def test_d():
+            pytest.skip("another reason")
+
+        @pytest.mark.parametrize("name", ["pagemap", "uffd", "mprotect", "softdirty"])
+        def test_e(name):
+            require_backend(name)
+    """))
+    p = run_python(module="pytest", argv=["-q", "-ra", "-p", "no:cacheprovider", str(tmp_path)],
+                   cwd=str(tmp_path), timeout=120)
+    lines = [w for w in p.stdout.splitlines() if w.startswith("SKIPPED")]
+    thing = [w for w in lines if w.endswith(": no thing here")]
+    assert len(thing) == 1 and thing[0].startswith("SKIPPED [7] "), output(p)
+    assert [w for w in lines if w.endswith(": another reason")], output(p)
+    unavailable = [b for b in helpers.BACKENDS if b not in helpers.AVAILABLE]
+    for b in unavailable:
+        mine = [w for w in lines if "backend %s unavailable" % b in w]
+        assert len(mine) == 1 and "helpers.py:" in mine[0], output(p)
+    assert len(lines) == 2 + len(unavailable), output(p)
