@@ -21,26 +21,7 @@ The stateful tests (test_model.py) compare every result of the library with
 this model.  The model knows nothing of the library.
 """
 
-import os
-
-import hypothesis
-
 READ, WRITE = 1, 2          # PROT_READ, PROT_WRITE: the only bits the model needs
-
-# Example counts: small by default (CI), large on request:
-#   WRITEWATCH_HYPOTHESIS=long python -m pytest tests/test_model.py
-hypothesis.settings.register_profile(
-    "ci", max_examples=20, stateful_step_count=30, deadline=None,
-    suppress_health_check=list(hypothesis.HealthCheck), derandomize=False,
-    print_blob=True)
-hypothesis.settings.register_profile(
-    "long", max_examples=2000, stateful_step_count=100, deadline=None,
-    suppress_health_check=list(hypothesis.HealthCheck), print_blob=True)
-PROFILE = os.environ.get("WRITEWATCH_HYPOTHESIS", "ci")
-
-
-def profile():
-    return hypothesis.settings.get_profile(PROFILE)
 
 
 class PageModel:
@@ -172,24 +153,3 @@ class Win32Model(PageModel):
         state = self.MEM_COMMIT if self.committed[p] else self.MEM_RESERVE
         return (self.base + p * self.page, self.base, self.alloc_protect,
                 (q - p) * self.page, state, self.prot[p])
-
-
-class Tally:
-    """Counts what a state machine did: sequences (one per machine run,
-    shrinking included) and steps (rules executed), for the README's
-    figures.  With $WRITEWATCH_RELIABILITY_LOG set, each test appends one
-    JSON line there."""
-
-    def __init__(self):
-        self.sequences = 0
-        self.steps = 0
-
-    def record(self, test, backend):
-        path = os.environ.get("WRITEWATCH_RELIABILITY_LOG")
-        line = {"test": test, "backend": backend, "profile": PROFILE,
-                "sequences": self.sequences, "steps": self.steps}
-        if path:
-            import json
-            with open(path, "a") as f:
-                f.write(json.dumps(line) + "\n")
-        return line

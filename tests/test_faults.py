@@ -6,16 +6,11 @@ exits non-zero on the first wrong answer, so a crash is a failure too.
 """
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
-import writewatch
-from conftest import BACKENDS, require_backend
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import output, require_backend, run_python
 
 # Shared by every child: ctypes libc, a witness region with known writes,
 # and a check that it still reports exactly those.
@@ -88,18 +83,10 @@ def raises(exc, fn, *a, **kw):
 
 def run_child(backend, body, timeout=120, extra=""):
     code = PRELUDE % {"backend": backend} + extra + textwrap.dedent(body)
-    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                       text=True, timeout=timeout)
-    out = p.stdout + p.stderr
-    assert p.returncode == 0, out
-    assert "FAIL" not in p.stdout, out
-    print(out)          # the child's checks, shown with -s or on failure
+    p = run_python(code, timeout=timeout)
+    assert "FAIL" not in p.stdout, output(p)
+    print(p.stdout + p.stderr)      # the child's checks, shown with -s or on failure
     return p.stdout
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    return require_backend(request.param)
 
 
 # -- ENOMEM ---------------------------------------------------------------------

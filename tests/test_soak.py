@@ -3,22 +3,20 @@ available backend, no lost write, nothing reported unwritten, no fd leak.
 And the soak's checker itself must catch a falsified result."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 import writewatch
+from helpers import output, run_python
 
 
-def soak(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "writewatch.soak", *args],
-                          capture_output=True, text=True, timeout=timeout)
+def soak(*args, returncode=0, timeout=120):
+    return run_python(module="writewatch.soak", argv=args, returncode=returncode,
+                      timeout=timeout)
 
 
 def test_short_soak_every_backend():
     p = soak("--seconds", "3", "--json")
-    assert p.returncode == 0, p.stdout + p.stderr
     rep = json.loads(p.stdout)
     assert rep["ok"] and rep["violations"] == 0 and rep["errors"] == 0
     names = [s["backend"] for s in rep["lanes"]]
@@ -33,11 +31,10 @@ def test_short_soak_every_backend():
 @pytest.mark.parametrize("kind", ["drop", "extra"])
 def test_soak_checker_catches_a_falsified_result(kind):
     p = soak("--seconds", "2", "--backend", writewatch.default_backend(),
-             "--self-test", kind)
-    assert p.returncode == 1, p.stdout + p.stderr
-    assert "VIOLATION" in p.stdout and "RESULT: FAILED" in p.stdout
+             "--self-test", kind, returncode=1)
+    assert "VIOLATION" in p.stdout and "RESULT: FAILED" in p.stdout, output(p)
 
 
 def test_soak_rejects_bad_arguments():
-    p = soak("--seconds", "0")
-    assert p.returncode == 2 and "must be positive" in p.stderr
+    p = soak("--seconds", "0", returncode=2)
+    assert "must be positive" in p.stderr, output(p)
