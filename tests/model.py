@@ -15,7 +15,11 @@ the library has a counterpart here written in the plainest Python there is
 - a protection change is not a write and changes no written state;
 - a commit of committed pages changes nothing; of decommitted pages makes them
   accessible and zero, not written;
-- a decommit zeroes the pages and clears their written state.
+- a decommit zeroes the pages and clears their written state;
+- Win32 only: a VirtualProtect latches the written state of the pages it
+  covers; a decommit keeps what is latched; a get reports latched or
+  written pages, and a reset (or the reported prefix of a get-and-reset)
+  clears both.
 
 The stateful tests (test_model.py) compare every result of the library with
 this model.  The model knows nothing of the library.
@@ -113,6 +117,21 @@ class Win32Model(PageModel):
         self.alloc_protect = protect
         self.committed = [committed] * npages
         self.prot = [protect if committed else 0] * npages
+        self.latched = set()                # page indexes a VirtualProtect latched
+
+    def get(self, address=None, size=None, reset=False, max_count=None):
+        pages = [p for p in self.pages_of(address, size)
+                 if p in self.written or p in self.latched]
+        if max_count is not None:
+            pages = pages[:max_count]
+        if reset:
+            self.written.difference_update(pages)
+            self.latched.difference_update(pages)
+        return [self.base + p * self.page for p in pages]
+
+    def reset(self, address=None, size=None):
+        super().reset(address, size)
+        self.latched.difference_update(self.pages_of(address, size))
 
     def can_write(self, offset, length):
         return all(self.committed[p] and self.prot[p] in self.WRITABLE
@@ -140,6 +159,7 @@ class Win32Model(PageModel):
         pages = self.pages_of(address, size)
         if not all(self.committed[p] for p in pages):
             return False, 0
+        self.latched.update(p for p in pages if p in self.written)
         return True, self.prot[pages[0]]
 
     def query(self, address):

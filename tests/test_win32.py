@@ -868,7 +868,7 @@ def test_release_refused_while_a_view_is_alive_keeps_the_allocation(backend, mon
     monkeypatch.setenv("WRITEWATCH_BACKEND", backend)
     base = w.VirtualAlloc(0, 0x10000, w.MEM_RESERVE | w.MEM_COMMIT | w.MEM_WRITE_WATCH,
                           w.PAGE_READWRITE)
-    view = memoryview(w._find(base).region)
+    view = memoryview(w._tab.find(base).region)
     with pytest.raises(BufferError):
         w.VirtualFree(base, 0, w.MEM_RELEASE)
     assert w.VirtualQuery(base).State == w.MEM_COMMIT

@@ -62,9 +62,27 @@ cdef class _PagemapEngine(Engine):
         cdef int rc
         with nogil:
             rc = self._arm_range(base, base + size, &what)
+        if rc < 0 and self._renew():
+            # The process's userfaultfd was closed behind our back: the
+            # regions registered through it are lost, but new ones need not be.
+            with nogil:
+                rc = self._arm_range(base, base + size, &what)
         if rc < 0:
             raise syscall_error(-rc, what.decode("ascii"))
         return 0
+
+    cdef bint _renew(self) noexcept nogil:
+        """After a failed call: if self.uffd is no longer the descriptor the
+        process opened, switch to a fresh one (True)."""
+        cdef const char *what = NULL
+        cdef int fd
+        if not ww_async_uffd_lost(self.uffd):
+            return False
+        fd = ww_async_uffd(&what)
+        if fd < 0:
+            return False
+        self.uffd = fd
+        return True
 
     cdef int _arm_range(self, uintptr_t start, uintptr_t end,
                         const char **what) noexcept nogil:
@@ -81,7 +99,6 @@ cdef class _PagemapEngine(Engine):
         reg.ioctls = 0
         rc = ww_ioctl(self.uffd, UFFDIO_REGISTER, &reg)
         if rc < 0:
-            ww_async_uffd_lost(self.uffd)
             what[0] = "ioctl(UFFDIO_REGISTER) mode WP"
             return <int>rc
         wp.range.start = start
@@ -191,6 +208,8 @@ cdef class _PagemapEngine(Engine):
         # Armed while still PROT_NONE, then opened: no write can land before
         # its marker.
         cdef int rc = self._arm_range(start, end, what)
+        if rc < 0 and self._renew():
+            rc = self._arm_range(start, end, what)
         if rc < 0:
             return rc
         if prot != PROT_NONE and mprotect(<void *>start, end - start, prot) != 0:
