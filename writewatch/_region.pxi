@@ -908,6 +908,7 @@ cdef class Region:
         self._check_tracking()
         if self._reservation:
             raise ValueError("trackers need a Region committed whole")
+        ref = weakref.ref(t)
         t.bits = <uint64_t *>calloc(nwords, sizeof(uint64_t))
         if t.bits == NULL:
             raise MemoryError()
@@ -937,7 +938,7 @@ cdef class Region:
             self._unlock()
         self._leave()
         free(own)
-        self._trackers.append(weakref.ref(t))
+        self._trackers.append(ref)
         if rc < 0:
             self._fail(rc, what)
         return 0
@@ -1108,6 +1109,7 @@ cdef class _Tracker:
     cdef readonly Region region
     cdef uint64_t *bits
     cdef object _owner
+    cdef object __weakref__
 
     def __init__(self, Region region, owner=None):
         self._owner = weakref.ref(owner) if owner is not None else None
