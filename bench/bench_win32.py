@@ -55,6 +55,6 @@ def test_reset_write_watch_16_pages(benchmark, heap):
 
 
 def test_region_floor_16_pages(benchmark, heap):
-    region = w._find(heap).region
+    region = w._tab.find(heap).region
     out = np.zeros(64, np.uint64)
     assert len(benchmark(region.get_write_watch, heap, SIZE, out=out)) == 1

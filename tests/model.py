@@ -15,32 +15,17 @@ the library has a counterpart here written in the plainest Python there is
 - a protection change is not a write and changes no written state;
 - a commit of committed pages changes nothing; of decommitted pages makes them
   accessible and zero, not written;
-- a decommit zeroes the pages and clears their written state.
+- a decommit zeroes the pages and clears their written state;
+- Win32 only: a VirtualProtect latches the written state of the pages it
+  covers; a decommit keeps what is latched; a get reports latched or
+  written pages, and a reset (or the reported prefix of a get-and-reset)
+  clears both.
 
 The stateful tests (test_model.py) compare every result of the library with
 this model.  The model knows nothing of the library.
 """
 
-import os
-
-import hypothesis
-
 READ, WRITE = 1, 2          # PROT_READ, PROT_WRITE: the only bits the model needs
-
-# Example counts: small by default (CI), large on request:
-#   WRITEWATCH_HYPOTHESIS=long python -m pytest tests/test_model.py
-hypothesis.settings.register_profile(
-    "ci", max_examples=20, stateful_step_count=30, deadline=None,
-    suppress_health_check=list(hypothesis.HealthCheck), derandomize=False,
-    print_blob=True)
-hypothesis.settings.register_profile(
-    "long", max_examples=2000, stateful_step_count=100, deadline=None,
-    suppress_health_check=list(hypothesis.HealthCheck), print_blob=True)
-PROFILE = os.environ.get("WRITEWATCH_HYPOTHESIS", "ci")
-
-
-def profile():
-    return hypothesis.settings.get_profile(PROFILE)
 
 
 class PageModel:
@@ -132,6 +117,21 @@ class Win32Model(PageModel):
         self.alloc_protect = protect
         self.committed = [committed] * npages
         self.prot = [protect if committed else 0] * npages
+        self.latched = set()                # page indexes a VirtualProtect latched
+
+    def get(self, address=None, size=None, reset=False, max_count=None):
+        pages = [p for p in self.pages_of(address, size)
+                 if p in self.written or p in self.latched]
+        if max_count is not None:
+            pages = pages[:max_count]
+        if reset:
+            self.written.difference_update(pages)
+            self.latched.difference_update(pages)
+        return [self.base + p * self.page for p in pages]
+
+    def reset(self, address=None, size=None):
+        super().reset(address, size)
+        self.latched.difference_update(self.pages_of(address, size))
 
     def can_write(self, offset, length):
         return all(self.committed[p] and self.prot[p] in self.WRITABLE
@@ -159,6 +159,7 @@ class Win32Model(PageModel):
         pages = self.pages_of(address, size)
         if not all(self.committed[p] for p in pages):
             return False, 0
+        self.latched.update(p for p in pages if p in self.written)
         return True, self.prot[pages[0]]
 
     def query(self, address):
@@ -172,24 +173,3 @@ class Win32Model(PageModel):
         state = self.MEM_COMMIT if self.committed[p] else self.MEM_RESERVE
         return (self.base + p * self.page, self.base, self.alloc_protect,
                 (q - p) * self.page, state, self.prot[p])
-
-
-class Tally:
-    """Counts what a state machine did: sequences (one per machine run,
-    shrinking included) and steps (rules executed), for the README's
-    figures.  With $WRITEWATCH_RELIABILITY_LOG set, each test appends one
-    JSON line there."""
-
-    def __init__(self):
-        self.sequences = 0
-        self.steps = 0
-
-    def record(self, test, backend):
-        path = os.environ.get("WRITEWATCH_RELIABILITY_LOG")
-        line = {"test": test, "backend": backend, "profile": PROFILE,
-                "sequences": self.sequences, "steps": self.steps}
-        if path:
-            import json
-            with open(path, "a") as f:
-                f.write(json.dumps(line) + "\n")
-        return line

@@ -6,26 +6,19 @@ and that the target logic judges ratios correctly.
 """
 import io
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import writewatch
 from writewatch import _bench
+from helpers import run_command, run_python
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(writewatch.__file__)))
 CLI = "import sys; from writewatch._cli import main; sys.exit(main(sys.argv[1:]))"
 
 
-def run_cli(*args, pre="", env=None, timeout=120):
-    e = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    e.pop("WRITEWATCH_BACKEND", None)
-    e.update(env or {})
-    return subprocess.run([sys.executable, "-c", pre + CLI] + list(args),
-                          capture_output=True, text=True, timeout=timeout, env=e)
+def run_cli(*args, pre="", env=None, returncode=0, timeout=120):
+    return run_python(pre + CLI, argv=args, env=env, returncode=returncode, timeout=timeout)
 
 
 def available():
@@ -34,7 +27,6 @@ def available():
 
 def test_bench_tiny_prints_table_and_targets():
     p = run_cli("bench", "--tiny")
-    assert p.returncode == 0, p.stdout + p.stderr
     out = p.stdout
     assert "writewatch bench (tiny)" in out
     for b in writewatch.backends():
@@ -55,13 +47,11 @@ def test_bench_tiny_prints_table_and_targets():
 
 def test_bench_tiny_by_environment():
     p = run_cli("bench", "--json", env={"WRITEWATCH_BENCH_TINY": "1"})
-    assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["mode"] == "tiny"
 
 
 def test_bench_json():
     p = run_cli("bench", "--tiny", "--json")
-    assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     assert doc["mode"] == "tiny"
     assert [b["name"] for b in doc["backends"]] == ["pagemap", "uffd", "mprotect", "softdirty"]
@@ -101,8 +91,7 @@ def test_bench_json():
 
 
 def test_bench_unknown_backend_is_an_error():
-    p = run_cli("bench", "--tiny", "--backend", "nosuch")
-    assert p.returncode == 2
+    p = run_cli("bench", "--tiny", "--backend", "nosuch", returncode=2)
     assert "unknown backend 'nosuch'" in p.stderr
 
 
@@ -110,8 +99,7 @@ def test_plot_without_matplotlib_gives_the_hint(tmp_path):
     target = tmp_path / "plot.png"
     # sys.modules[name] = None makes `import matplotlib` raise ImportError
     p = run_cli("bench", "--tiny", "--plot", str(target),
-                pre="import sys; sys.modules['matplotlib'] = None; ")
-    assert p.returncode == 2
+                pre="import sys; sys.modules['matplotlib'] = None; ", returncode=2)
     assert "pip install writewatch[plot]" in p.stderr
     assert not target.exists()
 
@@ -119,8 +107,7 @@ def test_plot_without_matplotlib_gives_the_hint(tmp_path):
 def test_plot_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib", reason="matplotlib not installed (optional extra 'plot')")
     target = tmp_path / "plot.png"
-    p = run_cli("bench", "--tiny", "--plot", str(target))
-    assert p.returncode == 0, p.stderr
+    run_cli("bench", "--tiny", "--plot", str(target))
     with open(target, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
@@ -214,12 +201,11 @@ def floor():
 
 
 def test_floor_runs_every_workload():
-    p = subprocess.run(
+    p = run_command(
         [floor(), "--budget-ms", "1", "--min-reps", "2", "--max-reps", "5",
          "frame:1M:3", "frame:64K:16,1", "clean:1M", "sparse:256K", "limit:1M:16",
          "fault:uffd-async:32", "fault:uffd-sync:32", "fault:mprotect:32", "fault:none:32"],
-        capture_output=True, text=True, timeout=60)
-    assert p.returncode == 0, p.stdout + p.stderr
+        timeout=60)
     lines = [json.loads(line) for line in p.stdout.splitlines()]
     assert [r["workload"] for r in lines] == ["frame"] * 3 + ["clean", "sparse", "limit"] + \
         ["fault"] * 4
@@ -239,17 +225,15 @@ def test_floor_runs_every_workload():
 
 def test_floor_rejects_bad_arguments():
     for args in ([], ["nonsense"], ["frame:1000:1"], ["--bogus", "clean:1M"], ["frame:1M"]):
-        p = subprocess.run([floor()] + args, capture_output=True, text=True, timeout=30)
-        assert p.returncode == 2, (args, p.stdout, p.stderr)
+        p = run_command([floor()] + args, returncode=2, timeout=30)
         assert "usage" in p.stderr or "SIZE must be" in p.stderr
 
 
 def test_floor_reports_a_failing_workload():
     # K larger than the region: an error line and exit status 1, and the
     # next workload still runs.
-    p = subprocess.run([floor(), "--budget-ms", "1", "frame:64K:17", "fault:none:8"],
-                       capture_output=True, text=True, timeout=30)
-    assert p.returncode == 1
+    p = run_command([floor(), "--budget-ms", "1", "frame:64K:17", "fault:none:8"],
+                    returncode=1, timeout=30)
     lines = [json.loads(line) for line in p.stdout.splitlines()]
     assert "error" in lines[0] and "K must be" in lines[0]["error"]
     assert lines[1]["workload"] == "fault" and "median_ns" in lines[1]

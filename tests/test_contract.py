@@ -4,19 +4,13 @@ test_direct pattern).  Ground truth is what each test wrote."""
 import gc
 import os
 import random
-import subprocess
-import sys
 import threading
 
 import numpy as np
 import pytest
 
 import writewatch
-from conftest import PAGE, page_indexes, write_pages
-
-
-def written(region, **kw):
-    return page_indexes(region, region.get_write_watch(**kw))
+from helpers import PAGE, output, page_indexes, run_python, write_pages, written
 
 
 # -- basics -------------------------------------------------------------------
@@ -358,9 +352,8 @@ print("ok")
 
 
 def test_fork_child_writes_freely_parent_stays_exact(backend):
-    p = subprocess.run([sys.executable, "-c", FORK_SCRIPT, backend],
-                       capture_output=True, text=True, timeout=60)
-    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
+    p = run_python(FORK_SCRIPT, argv=[backend], timeout=60)
+    assert p.stdout.strip() == "ok", output(p)
 
 
 # -- buffer views and close ---------------------------------------------------------

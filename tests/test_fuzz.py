@@ -4,15 +4,13 @@ regression tests."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 import writewatch
+from helpers import TESTS, run_python
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHILD = os.path.join(ROOT, "tests", "_fuzz_child.py")
+CHILD = os.path.join(TESTS, "_fuzz_child.py")
 # Examples per fuzzed function: small in CI, WRITEWATCH_HYPOTHESIS=long for more.
 EXAMPLES = "2000" if os.environ.get("WRITEWATCH_HYPOTHESIS") == "long" else "60"
 
@@ -24,12 +22,7 @@ WIN32_FUZZERS = ["fuzz_virtual_alloc", "fuzz_virtual_free", "fuzz_virtual_releas
 
 
 def run_fuzz(names):
-    env = dict(os.environ, PYTHONPATH=ROOT, FUZZ_EXAMPLES=EXAMPLES,
-               PYTHONDONTWRITEBYTECODE="1")
-    env.pop("WRITEWATCH_BACKEND", None)
-    p = subprocess.run([sys.executable, CHILD, *names], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, "exit %d\n%s\n%s" % (p.returncode, p.stdout, p.stderr[-6000:])
+    p = run_python(script=CHILD, argv=names, env={"FUZZ_EXAMPLES": EXAMPLES}, timeout=600)
     summary = json.loads(p.stdout.strip().splitlines()[-1])
     print(json.dumps({"fuzzers": names, "calls": summary["calls"]}))
     log = os.environ.get("WRITEWATCH_RELIABILITY_LOG")

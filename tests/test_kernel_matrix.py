@@ -6,14 +6,14 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from helpers import ROOT, run_command
+
 _spec = importlib.util.spec_from_file_location(
-    "ww_kernel_matrix", os.path.join(HERE, os.pardir, "kernel", "matrix", "matrix.py"))
+    "ww_kernel_matrix", os.path.join(ROOT, "kernel", "matrix", "matrix.py"))
 matrix = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(matrix)
 
@@ -195,15 +195,14 @@ def test_cpio_archive_reads_back(tmp_path):
     c.chardev("console", 5, 1)
     archive = tmp_path / "a.cpio"
     archive.write_bytes(c.bytes())
-    listing = subprocess.run([busybox, "cpio", "-tv"], stdin=open(archive, "rb"),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             universal_newlines=True, check=True).stdout.splitlines()
+    with open(archive, "rb") as f:
+        listing = run_command([busybox, "cpio", "-tv"], stdin=f, timeout=60).stdout.splitlines()
     assert [line.split()[-1] for line in listing] == ["bin", "bin/hello", "odd", "console"]
     assert listing[1].startswith("-rwxr-xr-x") and listing[3].startswith("c")
     out = tmp_path / "x"
     out.mkdir()
-    subprocess.run([busybox, "cpio", "-id"], stdin=open(archive, "rb"), cwd=str(out),
-                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=True)
+    with open(archive, "rb") as f:
+        run_command([busybox, "cpio", "-id"], stdin=f, cwd=str(out), timeout=60)
     assert (out / "bin" / "hello").read_bytes() == b"hello world\n"
     assert (out / "odd").read_bytes() == b"x" * 4097
 

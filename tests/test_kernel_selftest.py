@@ -14,15 +14,12 @@ import re
 import shutil
 import stat
 import struct
-import subprocess
-import sys
 
 import pytest
 
 from writewatch import _selftest
+from helpers import ROOT, run_command, run_python
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 BINARY = _selftest.binary_path()
 
 
@@ -31,31 +28,14 @@ def _need_binary():
         "%s is not built: python setup.py build_ext --inplace (or pip install .)" % BINARY)
 
 
-def _tap(text):
-    """(plan, [(ok, number, rest)]) from TAP output."""
-    plan = None
-    results = []
-    for line in text.splitlines():
-        m = re.match(r"^1\.\.(\d+)$", line)
-        if m:
-            plan = int(m.group(1))
-        m = re.match(r"^(not ok|ok) (\d+) - (.*)$", line)
-        if m:
-            results.append((m.group(1) == "ok", int(m.group(2)), m.group(3)))
-    return plan, results
-
-
 def test_binary_passes_every_check():
     _need_binary()
-    proc = subprocess.run([BINARY], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          timeout=60)
-    out = proc.stdout.decode()
-    plan, results = _tap(out)
-    assert proc.returncode == 0, out + proc.stderr.decode()
+    out = run_command([BINARY], timeout=60).stdout
+    plan, results = _selftest.parse_tap(out)
     assert plan is not None and plan >= 20, out
-    assert [n for _, n, _ in results] == list(range(1, plan + 1)), out
-    assert all(ok for ok, _, _ in results), out
-    assert not [r for r in results if "# SKIP" in r[2]], out
+    assert [r.number for r in results] == list(range(1, plan + 1)), out
+    assert all(r.ok for r in results), out
+    assert not [r for r in results if "# SKIP" in r.description], out
     assert "# Totals: pass:%d fail:0" % plan in out
 
 
@@ -71,11 +51,8 @@ def test_run_summary_passes():
 
 def test_doctor_selftest_runs_it():
     _need_binary()
-    proc = subprocess.run([sys.executable, "-m", "writewatch", "doctor", "--selftest"],
-                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          timeout=120)
-    out = proc.stdout.decode()
-    assert proc.returncode == 0, out
+    out = run_python(module="writewatch", argv=["doctor", "--selftest"],
+                     stderr_to_stdout=True, timeout=120).stdout
     assert re.search(r"kernel selftest:\n\s+\d+ passed, 0 failed, 0 skipped", out), out
 
 
@@ -203,13 +180,11 @@ def _no_pagemap_scan():
 ])
 def test_missing_feature_is_a_skip_not_a_pass(filt, reason):
     _need_binary()
-    proc = subprocess.run([BINARY], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          preexec_fn=_seccomp_preexec(filt()), timeout=60)
-    out = proc.stdout.decode()
-    assert proc.returncode == 4, out + proc.stderr.decode()
-    plan, results = _tap(out)
+    out = run_command([BINARY], returncode=4, preexec_fn=_seccomp_preexec(filt()),
+                      timeout=60).stdout
+    plan, results = _selftest.parse_tap(out)
     assert plan and len(results) == plan, out
-    assert all(ok and "# SKIP " in rest for ok, _, rest in results), out
+    assert all(r.ok and "# SKIP " in r.description for r in results), out
     assert reason in out
     assert "# Totals: pass:0 fail:0" in out
     # and the Python summary calls it a skip
@@ -227,13 +202,10 @@ def test_make_check(tmp_path):
     src = os.path.join(ROOT, "kernel")
     dst = tmp_path / "kernel"
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("build", "matrix"))
-    proc = subprocess.run(["make", "-C", str(dst), "check"], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, timeout=180)
-    out = proc.stdout.decode()
-    assert proc.returncode == 0, out
+    out = run_command(["make", "-C", str(dst), "check"], stderr_to_stdout=True,
+                      timeout=180).stdout
     assert (dst / "build" / "pagemap_contract").exists()
-    plan, results = _tap(out)
-    assert plan and len(results) == plan and all(ok for ok, _, _ in results), out
-    proc = subprocess.run(["make", "-C", str(dst), "clean"], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, timeout=60)
-    assert proc.returncode == 0 and not (dst / "build").exists()
+    plan, results = _selftest.parse_tap(out)
+    assert plan and len(results) == plan and all(r.ok for r in results), out
+    run_command(["make", "-C", str(dst), "clean"], stderr_to_stdout=True, timeout=60)
+    assert not (dst / "build").exists()

@@ -4,8 +4,8 @@ reference model (tests/model.py), on every backend.
 
 Hypothesis shrinks a failure to a minimal sequence; each one found is kept
 below as an explicit regression test replaying it.  Example counts come from
-the model's settings profile (small in CI; WRITEWATCH_HYPOTHESIS=long for a
-long local run).
+the hypothesis profile in helpers.py (small in CI; WRITEWATCH_HYPOTHESIS=long
+for a long local run).
 """
 
 import mmap
@@ -19,8 +19,8 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant,
 
 import writewatch
 from writewatch.soak import kernel_writes_work
-from conftest import BACKENDS, PAGE, require_backend
-from model import Tally, READ, WRITE, PageModel, profile
+from helpers import BACKENDS, PAGE, Tally, hypothesis_settings, require_backend
+from model import READ, WRITE, PageModel
 
 PROTS = {"rw": mmap.PROT_READ | mmap.PROT_WRITE, "r": mmap.PROT_READ, "none": 0}  # PROT_NONE
 MODEL_PROT = {"rw": READ | WRITE, "r": READ, "none": 0}
@@ -242,7 +242,7 @@ def machine_for(backend, tally, base=RegionMachine):
 def test_region_against_model(name):
     require_backend(name)
     tally = Tally()
-    run_state_machine_as_test(machine_for(name, tally), settings=profile())
+    run_state_machine_as_test(machine_for(name, tally), settings=hypothesis_settings())
     print(tally.record("region", name))
 
 
@@ -250,7 +250,7 @@ def test_region_against_model(name):
 def test_big_region_against_model(name):
     require_backend(name)
     tally = Tally()
-    settings = profile()
+    settings = hypothesis_settings()
     settings = type(settings)(settings, max_examples=max(5, settings.max_examples // 4))
     run_state_machine_as_test(machine_for(name, tally, BigRegionMachine), settings=settings)
     print(tally.record("region-big", name))

@@ -18,8 +18,8 @@ from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition,
                                  rule, run_state_machine_as_test)
 
 from writewatch.soak import kernel_writes_work
-from conftest import BACKENDS, PAGE, require_backend
-from model import Tally, Win32Model, profile
+from helpers import BACKENDS, PAGE, Tally, hypothesis_settings, require_backend
+from model import Win32Model
 
 w = pytest.importorskip("writewatch.win32")
 
@@ -223,7 +223,7 @@ def test_win32_against_model(name, monkeypatch):
     monkeypatch.setenv("WRITEWATCH_BACKEND", name)
     tally = Tally()
     machine = type("Win32Machine_" + name, (Win32Machine,), {"tally": tally})
-    run_state_machine_as_test(machine, settings=profile())
+    run_state_machine_as_test(machine, settings=hypothesis_settings())
     print(tally.record("win32", name))
 
 

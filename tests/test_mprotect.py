@@ -10,8 +10,7 @@ import errno
 import mmap
 import os
 import random
-import subprocess
-import sys
+import signal
 import textwrap
 import threading
 
@@ -20,7 +19,7 @@ import pytest
 
 import writewatch
 from writewatch import _core
-from conftest import PAGE, page_indexes, require_backend, write_pages
+from helpers import PAGE, output, require_backend, run_python, write_pages, written
 
 pytestmark = pytest.mark.usefixtures("_mprotect")
 
@@ -34,20 +33,14 @@ def region(npages):
     return writewatch.Region(npages * PAGE, backend="mprotect")
 
 
-def written(r, **kw):
-    return page_indexes(r, r.get_write_watch(**kw))
+SEGV = -signal.SIGSEGV          # the exit status of a child killed by a real fault
 
 
-def run(*parts, flags=(), argv=(), timeout=60):
-    """Run the script made of `parts` in a fresh interpreter; a hang is a
-    failure (timeout)."""
+def run(*parts, timeout=60, **kw):
+    """Run the script made of `parts` in a fresh interpreter (run_python: a
+    hang is a failure, an exit status other than `returncode` too)."""
     script = "\n".join(textwrap.dedent(part) for part in parts)
-    env = dict(os.environ)
-    env.pop("WRITEWATCH_BACKEND", None)
-    env.pop("PYTHONFAULTHANDLER", None)
-    return subprocess.run([sys.executable, *flags, "-c", script, *argv],
-                          capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return run_python(script, timeout=timeout, **kw)
 
 
 PRELUDE = """
@@ -73,8 +66,7 @@ def test_real_crash_is_chained(flags):
         print("tracked", flush=True)
         crash_here()                      # ... and a real fault still crashes
         print("survived", flush=True)
-    """, flags=flags)
-    assert p.returncode == -11, (p.returncode, p.stderr)
+    """, flags=flags, returncode=SEGV)
     assert p.stdout.split() == ["tracked"]
     if flags:
         assert "Fatal Python error: Segmentation fault" in p.stderr
@@ -88,8 +80,7 @@ def test_real_crash_with_sigsegv_ignored_does_not_loop():
         memoryview(r)[0] = 1
         print("tracked", flush=True)
         crash_here()
-    """)
-    assert p.returncode == -11, (p.returncode, p.stderr)
+    """, returncode=SEGV)
     assert p.stdout.split() == ["tracked"]
 
 
@@ -105,8 +96,7 @@ def test_write_the_caller_made_read_only_is_a_real_fault():
             v[P] = 1
         write_read_only()
         print("survived", flush=True)
-    """, flags=["-X", "faulthandler"])
-    assert p.returncode == -11, (p.returncode, p.stderr)
+    """, flags=["-X", "faulthandler"], returncode=SEGV)
     assert p.stdout.split() == ["read"]
     assert "write_read_only" in p.stderr
 
@@ -119,8 +109,7 @@ def test_read_of_a_no_access_page_is_a_real_fault():
         print("ok", flush=True)
         x = int(v[2 * P])
         print("survived", flush=True)
-    """, flags=["-X", "faulthandler"])
-    assert p.returncode == -11, (p.returncode, p.stderr)
+    """, flags=["-X", "faulthandler"], returncode=SEGV)
     assert p.stdout.split() == ["ok"]
     assert "Segmentation fault" in p.stderr
 
@@ -136,8 +125,7 @@ def test_executing_a_written_page_is_a_real_fault():
         print("written", flush=True)
         ctypes.CFUNCTYPE(None)(r.address)()
         print("survived", flush=True)
-    """, flags=["-X", "faulthandler"])
-    assert p.returncode == -11, (p.returncode, p.stderr)
+    """, flags=["-X", "faulthandler"], returncode=SEGV)
     assert p.stdout.split() == ["written"]
     assert "Segmentation fault" in p.stderr
 
@@ -162,12 +150,10 @@ def test_faulthandler_enabled_after_the_region():
         print("tracked", flush=True)
         crash_here()
     """)
-    p = run(*script, argv=["keep"])
-    assert p.returncode == -11, (p.returncode, p.stderr)
+    p = run(*script, argv=["keep"], returncode=SEGV)
     assert p.stdout.split() == ["tracked"]
     assert "crash_here" in p.stderr
-    p = run(*script, argv=["disable"])
-    assert p.returncode == -11, (p.returncode, p.stderr)
+    p = run(*script, argv=["disable"], returncode=SEGV)
     assert p.stdout.split() == ["tracked"]
 
 
@@ -178,8 +164,7 @@ def test_signal_sent_with_kill_still_kills():
         print("tracked", flush=True)
         os.kill(os.getpid(), signal.SIGSEGV)
         print("survived", flush=True)
-    """)
-    assert p.returncode == -11, (p.returncode, p.stderr)
+    """, returncode=SEGV)
     assert p.stdout.split() == ["tracked"]
 
 
@@ -393,7 +378,7 @@ def test_map_count_near_the_limit_before_the_region_is_made():
         undo()
         print("ok", st["widened"])
     """, timeout=120)
-    assert p.returncode == 0 and p.stdout.startswith("ok"), p.stderr
+    assert p.stdout.startswith("ok"), output(p)
 
 
 def test_map_count_exhausted_after_the_region_is_made():
@@ -430,7 +415,7 @@ def test_map_count_exhausted_after_the_region_is_made():
         assert got == want, (len(got), len(want))
         print("ok", widened)
     """, timeout=120)
-    assert p.returncode == 0 and p.stdout.startswith("ok"), p.stderr
+    assert p.stdout.startswith("ok"), output(p)
 
 
 # -- threads -------------------------------------------------------------------------------
@@ -543,7 +528,7 @@ def test_fork_while_threads_write():
         assert [(int(a) - r.address) // P for a in r.get_write_watch()] == [5]
         print("ok")
     """)
-    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr
+    assert p.stdout.strip() == "ok", output(p)
 
 
 # -- lifetime --------------------------------------------------------------------------------

@@ -1,18 +1,13 @@
 """No privilege needed, no fd leaks across exec, nothing written outside the
 process.  Each check runs in a subprocess."""
 
-import os
 import re
 import shutil
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
-import writewatch
+from helpers import IS_ROOT, output, run_python
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOBODY = 65534
 
 # Exercise every available backend through every public call, plus kernel
@@ -69,11 +64,8 @@ def workload():
 '''
 
 
-def run(code, timeout=120, **kw):
-    p = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=timeout, **kw)
-    assert p.returncode == 0, p.stdout + p.stderr
-    return p.stdout
+def run(code, timeout=120):
+    return run_python(code, timeout=timeout).stdout
 
 
 def _sysctl(name):
@@ -86,7 +78,7 @@ def _sysctl(name):
 
 # -- no privilege ------------------------------------------------------------------
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="dropping to 'nobody' needs root")
+needs_root = pytest.mark.skipif(not IS_ROOT, reason="dropping to 'nobody' needs root")
 
 # Python lives under /root here, which 'nobody' cannot enter, so the child
 # imports everything as root (no backend probed, no region made), then drops
@@ -189,13 +181,10 @@ def test_nothing_written_outside_the_process(tmp_path):
     write into another process's memory.  /proc/self/clear_refs (softdirty
     resets this process's own page flags) is the only writable file allowed."""
     log = tmp_path / "strace.log"
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-    p = subprocess.run(
-        ["strace", "-f", "-qq", "-o", str(log), "-e",
-         "trace=%file,process_vm_writev,ptrace,mmap,memfd_create,shmget,mq_open",
-         sys.executable, "-c", WORKLOAD + "\nworkload()\n"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    assert p.returncode == 0 and "WORKLOAD OK" in p.stdout, p.stdout + p.stderr
+    p = run_python(WORKLOAD + "\nworkload()\n", timeout=300, prefix=[
+        "strace", "-f", "-qq", "-o", str(log), "-e",
+        "trace=%file,process_vm_writev,ptrace,mmap,memfd_create,shmget,mq_open"])
+    assert "WORKLOAD OK" in p.stdout, output(p)
     bad = []
     calls = 0
     for line in log.read_text().splitlines():

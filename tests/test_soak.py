@@ -3,27 +3,20 @@ available backend, no lost write, nothing reported unwritten, no fd leak.
 And the soak's checker itself must catch a falsified result."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 import writewatch
-
-# The child runs where this process found writewatch, so that it imports the
-# same one (from an unbuilt checkout's root it would import the sources).
-BUILT = os.path.dirname(os.path.dirname(os.path.abspath(writewatch.__file__)))
+from helpers import output, run_python
 
 
-def soak(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "writewatch.soak", *args], cwd=BUILT,
-                          capture_output=True, text=True, timeout=timeout)
+def soak(*args, returncode=0, timeout=120):
+    return run_python(module="writewatch.soak", argv=args, returncode=returncode,
+                      timeout=timeout)
 
 
 def test_short_soak_every_backend():
     p = soak("--seconds", "3", "--json")
-    assert p.returncode == 0, p.stdout + p.stderr
     rep = json.loads(p.stdout)
     assert rep["ok"] and rep["violations"] == 0 and rep["errors"] == 0
     names = [s["backend"] for s in rep["lanes"]]
@@ -36,30 +29,28 @@ def test_short_soak_every_backend():
     # progress on stderr although it is a pipe: the start, at least one
     # interval line naming every backend, the end
     lines = p.stderr.splitlines()
-    assert lines[0].startswith("soak: " + ", ".join(names) + " for 3 s"), p.stderr
+    assert lines[0].startswith("soak: " + ", ".join(names) + " for 3 s"), output(p)
     ticks = [line for line in lines if " of 3 s " in line]
-    assert ticks and all(n + " " in line for line in ticks for n in names), p.stderr
-    assert lines[-1].startswith("soak: writers stopped after "), p.stderr
+    assert ticks and all(n + " " in line for line in ticks for n in names), output(p)
+    assert lines[-1].startswith("soak: writers stopped after "), output(p)
 
 
 @pytest.mark.parametrize("kind", ["drop", "extra"])
 def test_soak_checker_catches_a_falsified_result(kind):
     p = soak("--seconds", "2", "--backend", writewatch.default_backend(),
-             "--self-test", kind)
-    assert p.returncode == 1, p.stdout + p.stderr
-    assert "VIOLATION" in p.stdout and "RESULT: FAILED" in p.stdout
+             "--self-test", kind, returncode=1)
+    assert "VIOLATION" in p.stdout and "RESULT: FAILED" in p.stdout, output(p)
 
 
 def test_soak_rejects_bad_arguments():
-    p = soak("--seconds", "0")
-    assert p.returncode == 2 and "must be positive" in p.stderr
+    p = soak("--seconds", "0", returncode=2)
+    assert "must be positive" in p.stderr, output(p)
 
 
 def test_soak_unknown_backend_is_one_line_and_status_2():
-    p = soak("--seconds", "1", "--backend", "nosuch")
-    assert p.returncode == 2 and p.stdout == "", p.stdout + p.stderr
-    assert p.stderr.count("\n") == 1, p.stderr
-    assert "unknown backend 'nosuch'" in p.stderr
+    p = soak("--seconds", "1", "--backend", "nosuch", returncode=2)
+    assert p.stdout == "" and p.stderr.count("\n") == 1, output(p)
+    assert "unknown backend 'nosuch'" in p.stderr, output(p)
     assert "known backends: " + ", ".join(writewatch._core.BACKEND_NAMES) in p.stderr
 
 
@@ -67,7 +58,7 @@ def test_soak_unavailable_backend_is_one_line_and_status_2():
     missing = [b for b in writewatch.backends() if not b.available]
     if not missing:
         pytest.skip("every backend can run here")
-    p = soak("--seconds", "1", "--backend", missing[0].name)
-    assert p.returncode == 2 and p.stdout == "", p.stdout + p.stderr
+    p = soak("--seconds", "1", "--backend", missing[0].name, returncode=2)
+    assert p.stdout == "", output(p)
     assert p.stderr == ("python -m writewatch.soak: error: backend %r cannot run here: "
-                        "%s\n" % (missing[0].name, missing[0].reason)), p.stderr
+                        "%s\n" % (missing[0].name, missing[0].reason)), output(p)

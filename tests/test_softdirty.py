@@ -14,17 +14,13 @@ import pytest
 
 import writewatch
 from writewatch import _core
-from conftest import PAGE, page_indexes, require_backend, write_pages
-from test_uffd import _check_accounting, run_script
+from helpers import (PAGE, check_accounting, output, require_backend, run_python,
+                     write_pages, written)
 
 
 @pytest.fixture
 def softdirty():
     return require_backend("softdirty")
-
-
-def written(region, **kw):
-    return page_indexes(region, region.get_write_watch(**kw))
 
 
 def _kernel_has_soft_dirty():
@@ -185,7 +181,7 @@ def test_python_writer_threads_lose_nothing(softdirty):
         started[0] = 200
         results.append(set(written(r, reset=True)))
         del view
-    _check_accounting(npages, results, [w for log in logs for w in log])
+    check_accounting(npages, results, [w for log in logs for w in log])
 
 
 FORK_SCRIPT = r"""
@@ -213,7 +209,8 @@ print("ok")
 
 
 def test_fork(softdirty):
-    run_script(FORK_SCRIPT)
+    p = run_python(FORK_SCRIPT, timeout=60)
+    assert p.stdout.strip().endswith("ok"), output(p)
 
 
 def test_no_descriptor_leak(softdirty):

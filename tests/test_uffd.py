@@ -6,22 +6,15 @@ fallback.  Ground truth is what each test wrote (and when)."""
 import ctypes
 import gc
 import os
-import random
-import subprocess
-import sys
-import tempfile
 import threading
-import time
 
 import numpy as np
 import pytest
 
 import writewatch
 from writewatch import _core
-from conftest import PAGE, page_indexes, require_backend, write_pages
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from helpers import (PAGE, check_accounting, output, page_indexes, require_backend,
+                     run_python, write_pages, writer_threads_vs_resets, written)
 
 
 @pytest.fixture
@@ -29,20 +22,11 @@ def uffd():
     return require_backend("uffd")
 
 
-def written(region, **kw):
-    return page_indexes(region, region.get_write_watch(**kw))
-
-
-def run_script(script, *args, env=None, timeout=60):
+def run_ok(script, argv=(), env=None, timeout=60):
     """Run `script` in a fresh interpreter (fork, threads blocked in faults
-    and changed credentials stay out of the test process)."""
-    e = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + HERE)
-    e.update(env or {})
-    p = subprocess.run([sys.executable, "-c", script] + list(args), env=e,
-                       capture_output=True, text=True, timeout=timeout)
-    assert p.returncode == 0 and p.stdout.strip().endswith("ok"), (
-        "exit %d\nstdout:\n%s\nstderr:\n%s" % (p.returncode, p.stdout, p.stderr))
-    return p.stdout
+    and changed credentials stay out of the test process); it ends with "ok"."""
+    p = run_python(script, argv=argv, env=env, timeout=timeout)
+    assert p.stdout.strip().endswith("ok"), output(p)
 
 
 # -- the probe --------------------------------------------------------------------
@@ -59,107 +43,12 @@ def test_probe_is_a_real_round_trip(uffd):
 
 # -- many writers against a get-and-reset loop -----------------------------------
 
-def _writer_threads_vs_resets(region, npages, rounds):
-    """Writers of three kinds, each owning its pages: a GIL-free C store
-    (ctypes.memset), a Python store under the GIL (numpy) and a kernel write
-    (os.preadv from a file).  Each write is a single store (one byte, or one
-    aligned word): a write of several stores may fault, be reported and
-    re-armed between them, and count twice.  Each write is logged as
-    (page, r0, r1): the collector's round counter read just before and just
-    after it."""
-    base = region.address
-    view = np.frombuffer(region, dtype=np.uint64)
-    mv = memoryview(region)
-    started = [0]
-    stop = threading.Event()
-    logs = []
-    fd, path = tempfile.mkstemp()
-    os.write(fd, os.urandom(PAGE))
-    kinds = ("memset", "numpy", "preadv", "memset")
-
-    def writer(k):
-        rng = random.Random(k)
-        log = []
-        logs.append(log)
-        seq = 0
-        while not stop.is_set():
-            p = rng.randrange(k, npages, len(kinds))
-            off = p * PAGE + rng.randrange(0, PAGE // 8) * 8
-            seq += 1
-            r0 = started[0]
-            if kinds[k] == "memset":
-                ctypes.memset(base + off, seq & 0xFF, 1)
-            elif kinds[k] == "numpy":
-                view[off // 8] = seq
-            else:
-                assert os.preadv(fd, [mv[off: off + 1]], rng.randrange(0, PAGE)) == 1
-            log.append((p, r0, started[0]))
-
-    results = []
-    threads = [threading.Thread(target=writer, args=(k,)) for k in range(len(kinds))]
-    try:
-        for t in threads:
-            t.start()
-        for j in range(rounds):
-            started[0] = j
-            results.append(set(written(region, reset=True)))
-        stop.set()
-        for t in threads:
-            t.join()
-        started[0] = rounds                       # the final round, writers stopped
-        results.append(set(written(region, reset=True)))
-    finally:
-        stop.set()
-        os.close(fd)
-        os.unlink(path)
-        mv.release()
-        del view
-    return results, [w for log in logs for w in log]
-
-
-def _check_accounting(npages, results, writes):
-    reports = {}                                  # page -> rounds that reported it
-    for j, pages in enumerate(results):
-        for p in pages:
-            reports.setdefault(p, []).append(j)
-    by_page = {}
-    for p, r0, r1 in writes:
-        by_page.setdefault(p, []).append((r0, r1))
-        # Round r1 + 1 began after this write completed, rounds before r0
-        # ended before it began: a round in [r0, r1 + 1] must report it.
-        assert any(r0 <= j <= r1 + 1 for j in reports.get(p, ())), (
-            "write to page %d during rounds %d..%d never reported (reports: %s)"
-            % (p, r0, r1, reports.get(p)))
-    for p, rounds in reports.items():
-        assert p in by_page, "page %d reported but never written" % p
-        # A report needs a write that began before round j ended (r0 <= j)
-        # and did not end before round j - 1 began (that one was surely
-        # reported by round j - 1 or earlier).  One write may account for
-        # several reports: its fault is recorded, reported and re-armed
-        # before the woken thread gets to store, and the store faults again.
-        for j in rounds:
-            assert any(r0 <= j and r1 >= j - 1 for r0, r1 in by_page[p]), (
-                "page %d reported by round %d with no write to account for it" % (p, j))
-
-
 def test_many_writer_threads_lose_nothing(uffd):
     npages = 96
     with writewatch.Region(npages * PAGE, backend=uffd) as r:
-        results, writes = _writer_threads_vs_resets(r, npages, rounds=400)
+        results, writes = writer_threads_vs_resets(r, npages, rounds=400)
     assert len(writes) > 400
-    _check_accounting(npages, results, writes)
-
-
-def test_accounting_catches_a_lost_write():
-    """The checker itself: a dropped report or an invented one fails."""
-    writes = [(1, 0, 0), (1, 3, 4), (2, 5, 5)]
-    _check_accounting(4, [{1}, set(), set(), set(), {1}, {2}], writes)
-    with pytest.raises(AssertionError, match="never reported"):
-        _check_accounting(4, [{1}, set(), set(), set(), set(), {2}, set()], writes)
-    with pytest.raises(AssertionError, match="never written"):
-        _check_accounting(4, [{1, 3}, set(), set(), set(), {1}, {2}], writes)
-    with pytest.raises(AssertionError, match="no write to account"):
-        _check_accounting(4, [{1}, set(), {1}, set(), {1}, {2}], writes)
+    check_accounting(npages, results, writes)
 
 
 # -- kernel writes -------------------------------------------------------------------
@@ -297,7 +186,7 @@ print("ok")
 
 
 def test_fork_child_writes_freely_and_tracks_its_own(uffd):
-    run_script(FORK_SCRIPT)
+    run_ok(FORK_SCRIPT)
 
 
 # -- close --------------------------------------------------------------------------------
@@ -336,7 +225,7 @@ print("ok")
 
 
 def test_close_while_a_thread_is_blocked_in_a_fault(uffd):
-    run_script(CLOSE_BLOCKED_SCRIPT, timeout=60)
+    run_ok(CLOSE_BLOCKED_SCRIPT, timeout=60)
 
 
 def test_close_regions_while_others_are_written(uffd):
@@ -450,21 +339,20 @@ print("ok")
 
 def test_missing_fault_route(uffd):
     """What a 6.1 kernel does (no UFFD_FEATURE_WP_UNPOPULATED), forced here."""
-    run_script(MISSING_SCRIPT, env={"_WRITEWATCH_UFFD_FORCE": "missing"})
+    run_ok(MISSING_SCRIPT, env={"_WRITEWATCH_UFFD_FORCE": "missing"})
 
 
 def test_contract_threads_under_missing_route(uffd):
     script = r"""
-import sys; sys.path.insert(0, %r)
-from test_uffd import _writer_threads_vs_resets, _check_accounting
+from helpers import writer_threads_vs_resets, check_accounting
 import writewatch
 P = writewatch.PAGE_SIZE
 with writewatch.Region(96 * P, backend="uffd") as r:
-    results, writes = _writer_threads_vs_resets(r, 96, 300)
-_check_accounting(96, results, writes)
+    results, writes = writer_threads_vs_resets(r, 96, 300)
+check_accounting(96, results, writes)
 print("ok")
-""" % HERE
-    run_script(script, env={"_WRITEWATCH_UFFD_FORCE": "missing"})
+"""
+    run_ok(script, env={"_WRITEWATCH_UFFD_FORCE": "missing"})
 
 
 # -- user-mode-only userfaultfd --------------------------------------------------------------
@@ -502,7 +390,7 @@ print("ok")
 
 
 def test_user_mode_only_kernel_writes_get_efault(uffd):
-    run_script(USER_MODE_SCRIPT, "force", env={"_WRITEWATCH_UFFD_FORCE": "user-mode-only"})
+    run_ok(USER_MODE_SCRIPT, argv=["force"], env={"_WRITEWATCH_UFFD_FORCE": "user-mode-only"})
 
 
 def test_unprivileged_process_falls_back_to_user_mode_only(uffd):
@@ -514,4 +402,4 @@ def test_unprivileged_process_falls_back_to_user_mode_only(uffd):
                 pytest.skip("vm.unprivileged_userfaultfd=1: no fallback needed")
     except OSError:
         pytest.skip("no vm.unprivileged_userfaultfd sysctl")
-    run_script(USER_MODE_SCRIPT, "drop")
+    run_ok(USER_MODE_SCRIPT, argv=["drop"])

@@ -9,32 +9,25 @@ test_VirtualProtect), rewritten here.
 import array
 import ctypes
 import os
-import subprocess
-import sys
-import textwrap
+import signal
 import threading
 
 import numpy as np
 import pytest
 
-import writewatch
 from writewatch import win32 as w
+from helpers import AVAILABLE, BACKEND_INFO, BACKENDS, output, require_backend, run_python
 
 P = w.PAGE_SIZE
 SIZE = 0x10000
 FAILED = 0xFFFFFFFF
 
-BACKENDS = writewatch.backends()
-
-
-@pytest.fixture(params=[b.name for b in BACKENDS])
+@pytest.fixture(params=BACKENDS)
 def backend(request, monkeypatch):
     """Every later VirtualAlloc(MEM_WRITE_WATCH) in the test uses this backend."""
-    info = next(b for b in BACKENDS if b.name == request.param)
-    if not info.available:
-        pytest.skip("backend %s unavailable: %s" % (info.name, info.reason))
-    monkeypatch.setenv("WRITEWATCH_BACKEND", info.name)
-    return info.name
+    name = require_backend(request.param)
+    monkeypatch.setenv("WRITEWATCH_BACKEND", name)
+    return name
 
 
 @pytest.fixture
@@ -478,7 +471,7 @@ def test_backend_is_read_when_allocating(monkeypatch, allocs):
     with pytest.raises(ValueError):
         w.VirtualAlloc(0, SIZE, kind, w.PAGE_READWRITE)
     made = {}
-    for info in BACKENDS:
+    for info in BACKEND_INFO.values():
         monkeypatch.setenv("WRITEWATCH_BACKEND", info.name)
         w.SetLastError(0)
         base = allocs(0, SIZE, kind, w.PAGE_READWRITE)
@@ -708,7 +701,7 @@ def test_query_runs_do_not_split_on_write_state(ww):
 def test_reserved_memory_faults():
     """Touching reserved or decommitted memory is an access violation
     (SIGSEGV here), as on Windows: run where a crash harms nobody."""
-    code = textwrap.dedent("""
+    p = run_python("""
         import ctypes, sys
         from writewatch import win32 as w
         base = w.VirtualAlloc(0, 0x10000, w.MEM_RESERVE | w.MEM_COMMIT, w.PAGE_READWRITE)
@@ -717,11 +710,8 @@ def test_reserved_memory_faults():
         sys.stdout.write("ok\\n"); sys.stdout.flush()
         ctypes.c_uint8.from_address(base + 0x2000).value = 1   # decommitted
         sys.stdout.write("not reached\\n")
-    """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert proc.stdout == "ok\n"
-    assert proc.returncode == -11, proc.stderr
+    """, returncode=-signal.SIGSEGV)
+    assert p.stdout == "ok\n", output(p)
 
 
 def test_ctypes_buffer_over_inaccessible_pages_of_ours_is_noaccess(ww, allocs):
@@ -810,7 +800,7 @@ def test_failed_allocations_leave_no_mappings(monkeypatch):
     for _ in range(20):
         with pytest.raises(ValueError):
             w.VirtualAlloc(0, SIZE, kind, w.PAGE_READWRITE)
-    unavailable = [b.name for b in BACKENDS if not b.available]
+    unavailable = [name for name in BACKENDS if name not in AVAILABLE]
     if unavailable:
         monkeypatch.setenv("WRITEWATCH_BACKEND", unavailable[0])
         for _ in range(20):
@@ -822,7 +812,7 @@ def test_failed_allocations_leave_no_mappings(monkeypatch):
 def test_forked_child_cannot_watch_and_parent_stays_exact(backend):
     """After fork() the child may write its copy but its write-watch calls
     raise ForkedRegionError; the parent's answers are not disturbed."""
-    code = textwrap.dedent("""
+    p = run_python("""
         import ctypes, os, sys
         import numpy as np
         import writewatch
@@ -847,12 +837,8 @@ def test_forked_child_cannot_watch_and_parent_stays_exact(backend):
         rc, n, _ = w.GetWriteWatch(0, base, 16 * P, buf, 16)
         assert (rc, [int(a) - base for a in buf[:n]]) == (0, [P, 3 * P]), (rc, buf[:n])
         print("ok")
-    """)
-    env = dict(os.environ, WRITEWATCH_BACKEND=backend)
-    proc = subprocess.run([sys.executable, "-c", code, backend], capture_output=True,
-                          text=True, env=env, timeout=120,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert proc.returncode == 0 and proc.stdout == "ok\n", proc.stderr
+    """, argv=[backend], env={"WRITEWATCH_BACKEND": backend}, timeout=120)
+    assert p.stdout == "ok\n", output(p)
 
 
 def test_numpy_view_over_our_decommitted_page_is_refused(backend, monkeypatch):
@@ -882,7 +868,7 @@ def test_release_refused_while_a_view_is_alive_keeps_the_allocation(backend, mon
     monkeypatch.setenv("WRITEWATCH_BACKEND", backend)
     base = w.VirtualAlloc(0, 0x10000, w.MEM_RESERVE | w.MEM_COMMIT | w.MEM_WRITE_WATCH,
                           w.PAGE_READWRITE)
-    view = memoryview(w._find(base).region)
+    view = memoryview(w._tab.find(base).region)
     with pytest.raises(BufferError):
         w.VirtualFree(base, 0, w.MEM_RELEASE)
     assert w.VirtualQuery(base).State == w.MEM_COMMIT

@@ -5,7 +5,8 @@ Track which pages of a buffer were written since you last asked --
 PAGEMAP_SCAN ioctl (Linux >= 6.7), with classic emulations as fallbacks.
 """
 
-from writewatch._core import PAGE_SIZE, BackendInfo, Region, backends, default_backend
+from writewatch._core import (PAGE_SIZE, BackendInfo, Region, WriteWatchManyError,
+                              backends, default_backend, get_write_watch_many)
 from writewatch._errors import BackendUnavailable, ForkedRegionError, WriteWatchError
 
 __all__ = [
@@ -15,8 +16,10 @@ __all__ = [
     "ForkedRegionError",
     "Region",
     "WriteWatchError",
+    "WriteWatchManyError",
     "backends",
     "default_backend",
+    "get_write_watch_many",
 ]
 
 __version__ = "0.1.0"     # the only place it is written: pyproject.toml reads it

@@ -4,7 +4,6 @@ the backends themselves.  The parts live in .pxi files pulled in below
 (uvloop's layout); every C declaration is in includes/system.pxd."""
 
 cimport cython
-import collections
 import operator
 import os
 
@@ -13,7 +12,7 @@ cimport numpy as np
 
 from cpython.buffer cimport PyBuffer_FillInfo
 from libc.stdint cimport uint8_t, uint64_t, uintptr_t
-from libc.stdlib cimport free, malloc, calloc
+from libc.stdlib cimport free, malloc, calloc, realloc
 from libc.string cimport memcpy, memset
 
 from writewatch.includes.system cimport *
@@ -21,6 +20,7 @@ from writewatch.includes.uffd cimport *
 from writewatch.includes.softdirty cimport *
 from writewatch._errors import (BackendUnavailable, ForkedRegionError,
                                 WriteWatchError, syscall_error)
+from writewatch._types import BackendInfo
 
 np.import_array()
 
@@ -38,6 +38,7 @@ include "_pagemap.pxi"
 include "_uffd.pxi"
 include "_mprotect.pxi"
 include "_softdirty.pxi"
+include "_batch.pxi"
 
 _register("pagemap", _PagemapEngine, _probe_pagemap)
 _register("uffd", _UffdEngine, _probe_uffd)

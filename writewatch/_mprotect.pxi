@@ -11,11 +11,19 @@ from writewatch.includes.mprotect cimport *
 cdef class _MprotectEngine(Engine):
     cdef ww_mp_region *r
 
-    cdef int arm(self, uintptr_t base, size_t size, size_t page) except -1:
-        Engine.arm(self, base, size, page)
+    cdef size_t arm_cost(self, size_t size) noexcept:
+        # A state byte per page, calloc'd: zero bytes stand for the region's
+        # first state, so only the pages of it that writes and protection
+        # changes touch cost memory -- as the page tables, which fill as the
+        # pages are written, as for any memory.
+        return 4096
+
+    cdef int arm(self, uintptr_t base, size_t size, size_t page,
+                 bint committed) except -1:
+        Engine.arm(self, base, size, page, committed)
         cdef int err = 0
         cdef const char *what = NULL
-        self.r = ww_mp_arm(base, size, page, &err, &what)
+        self.r = ww_mp_arm(base, size, page, committed, &err, &what)
         if self.r == NULL:
             raise syscall_error(-err, what.decode("ascii"))
         return 0
@@ -30,13 +38,32 @@ cdef class _MprotectEngine(Engine):
 
     cdef int reset(self, uintptr_t start, uintptr_t end,
                    const char **what) noexcept nogil:
+        # The written pages lose their mark and their write permission; then
+        # every page's protection is applied again, so that a program's own
+        # mprotect() of tracked pages cannot hide later writes.
+        cdef int rc
         if not ww_mp_handler_is_current():
             ww_mp_install()
-        return ww_mp_reset(self.r, start, end, what)
+        rc = ww_mp_reset(self.r, start, end, what)
+        if rc == 0:
+            rc = ww_mp_rearm(self.r, start, end, what)
+        return rc
+
+    cdef int rearm(self, uintptr_t start, uintptr_t end,
+                   const char **what) noexcept nogil:
+        return ww_mp_rearm(self.r, start, end, what)
 
     cdef int protect(self, uintptr_t start, uintptr_t end, int prot,
                      const char **what) noexcept nogil:
         return ww_mp_protect(self.r, start, end, prot, what)
+
+    cdef int commit(self, uintptr_t start, uintptr_t end, int prot,
+                    const char **what) noexcept nogil:
+        return ww_mp_commit(self.r, start, end, prot, what)
+
+    cdef int decommit(self, uintptr_t start, uintptr_t end,
+                      const char **what) noexcept nogil:
+        return ww_mp_decommit(self.r, start, end, what)
 
     cdef void detach(self) noexcept:
         if self.r != NULL:
@@ -85,7 +112,7 @@ def _probe_mprotect():
     """(available, reason): a real round trip in this process -- install
     the handler, write, fault, record, re-protect, write again."""
     try:
-        r = Region(4 * _PAGE_SIZE, backend=_FORCE_PREFIX + "mprotect")
+        r = _probe_region(4 * _PAGE_SIZE, "mprotect")
     except OSError as e:
         return False, str(e)
     try:

@@ -31,6 +31,8 @@ cdef inline const char *_scan_failure(long r) noexcept nogil:
 
 
 cdef class _PagemapEngine(Engine):
+    # The process's userfaultfd (compat.h: one per process and fork
+    # generation, shared by every pagemap region) and /proc/self/pagemap.
     cdef int uffd
     cdef int pmfd
 
@@ -38,44 +40,77 @@ cdef class _PagemapEngine(Engine):
         self.uffd = -1
         self.pmfd = -1
 
-    cdef int arm(self, uintptr_t base, size_t size, size_t page) except -1:
-        Engine.arm(self, base, size, page)
+    cdef size_t arm_cost(self, size_t size) noexcept:
+        # WP_UNPOPULATED puts a marker on every page: the page tables of the
+        # whole range are filled, touched or not.
+        return page_table_bytes(size)
+
+    cdef int arm(self, uintptr_t base, size_t size, size_t page,
+                 bint committed) except -1:
+        Engine.arm(self, base, size, page, committed)
+        cdef const char *what = NULL
         cdef int fd = ww_pagemap_fd()
         if fd < 0:
             raise syscall_error(-fd, "open(/proc/self/pagemap)")
         self.pmfd = fd
-        fd = ww_userfaultfd(O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY)
+        fd = ww_async_uffd(&what)
         if fd < 0:
-            raise syscall_error(-fd, "userfaultfd(UFFD_USER_MODE_ONLY)")
+            raise syscall_error(-fd, what.decode("ascii"))
         self.uffd = fd
-        cdef uffdio_api api
+        if not committed:
+            return 0
+        cdef int rc
+        with nogil:
+            rc = self._arm_range(base, base + size, &what)
+        if rc < 0 and self._renew():
+            # The process's userfaultfd was closed behind our back: the
+            # regions registered through it are lost, but new ones need not be.
+            with nogil:
+                rc = self._arm_range(base, base + size, &what)
+        if rc < 0:
+            raise syscall_error(-rc, what.decode("ascii"))
+        return 0
+
+    cdef bint _renew(self) noexcept nogil:
+        """After a failed call: if self.uffd is no longer the descriptor the
+        process opened, switch to a fresh one (True)."""
+        cdef const char *what = NULL
+        cdef int fd
+        if not ww_async_uffd_lost(self.uffd):
+            return False
+        fd = ww_async_uffd(&what)
+        if fd < 0:
+            return False
+        self.uffd = fd
+        return True
+
+    cdef int _arm_range(self, uintptr_t start, uintptr_t end,
+                        const char **what) noexcept nogil:
+        """Register [start, end) for async write-protect and put a marker on
+        every page (with WP_UNPOPULATED this fills its page tables: about
+        2 MiB and a few ms per GiB).  On failure nothing stays registered."""
         cdef uffdio_register reg
         cdef uffdio_writeprotect wp
+        cdef uffdio_range rng
         cdef long rc
-        api.api = UFFD_API
-        api.features = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED
-        api.ioctls = 0
-        rc = ww_ioctl(fd, UFFDIO_API, &api)
-        if rc < 0:
-            raise syscall_error(-rc, "ioctl(UFFDIO_API)",
-                                "features WP_ASYNC|WP_UNPOPULATED need Linux 6.7")
-        reg.range.start = base
-        reg.range.len = size
+        reg.range.start = start
+        reg.range.len = end - start
         reg.mode = UFFDIO_REGISTER_MODE_WP
         reg.ioctls = 0
-        rc = ww_ioctl(fd, UFFDIO_REGISTER, &reg)
+        rc = ww_ioctl(self.uffd, UFFDIO_REGISTER, &reg)
         if rc < 0:
-            raise syscall_error(-rc, "ioctl(UFFDIO_REGISTER)", "mode WP")
-        # With WP_UNPOPULATED this also installs markers on never-touched
-        # pages, so their first write counts: page tables for the whole
-        # range are filled (about 2 MiB and a few ms per GiB).
-        wp.range.start = base
-        wp.range.len = size
+            what[0] = "ioctl(UFFDIO_REGISTER) mode WP"
+            return <int>rc
+        wp.range.start = start
+        wp.range.len = end - start
         wp.mode = UFFDIO_WRITEPROTECT_MODE_WP
-        with nogil:
-            rc = ww_ioctl(fd, UFFDIO_WRITEPROTECT, &wp)
+        rc = ww_ioctl(self.uffd, UFFDIO_WRITEPROTECT, &wp)
         if rc < 0:
-            raise syscall_error(-rc, "ioctl(UFFDIO_WRITEPROTECT)")
+            rng.start = start
+            rng.len = end - start
+            ww_ioctl(self.uffd, UFFDIO_UNREGISTER, &rng)
+            what[0] = "ioctl(UFFDIO_WRITEPROTECT)"
+            return <int>rc
         return 0
 
     cdef int collect(self, uintptr_t start, uintptr_t end, bint reset,
@@ -103,6 +138,8 @@ cdef class _PagemapEngine(Engine):
             arg.max_pages = sink.limit - sink.n
             r = ww_ioctl(self.pmfd, PAGEMAP_SCAN, &arg)
             if r < 0:
+                if r == -EPERM:
+                    ww_async_uffd_lost(self.uffd)
                 if reset and sink.n > 0:
                     # Pages reported by an earlier ioctl of this call were
                     # re-armed already: hand them back as a prefix result
@@ -137,6 +174,8 @@ cdef class _PagemapEngine(Engine):
             arg.end = end
             r = ww_ioctl(self.pmfd, PAGEMAP_SCAN, &arg)
             if r < 0:
+                if r == -EPERM:
+                    ww_async_uffd_lost(self.uffd)
                 what[0] = _scan_failure(r)
                 return <int>r
             if arg.walk_end <= pos:
@@ -164,12 +203,32 @@ cdef class _PagemapEngine(Engine):
             return <int>rc
         return 0
 
-    cdef void release(self) noexcept:
-        # The memory is already unmapped, so no uffd-wp bit can outlive the
-        # userfaultfd (CVE-2024-36881 concerned bits left after close()).
-        if self.uffd >= 0:
-            close(self.uffd)
-            self.uffd = -1
+    cdef int commit(self, uintptr_t start, uintptr_t end, int prot,
+                    const char **what) noexcept nogil:
+        # Armed while still PROT_NONE, then opened: no write can land before
+        # its marker.
+        cdef int rc = self._arm_range(start, end, what)
+        if rc < 0 and self._renew():
+            rc = self._arm_range(start, end, what)
+        if rc < 0:
+            return rc
+        if prot != PROT_NONE and mprotect(<void *>start, end - start, prot) != 0:
+            rc = -errno
+            remap_reserved(start, end, what)
+            what[0] = "mprotect"
+            return rc
+        return 0
+
+    cdef int decommit(self, uintptr_t start, uintptr_t end,
+                      const char **what) noexcept nogil:
+        # A fresh PROT_NONE mapping in its place: the registration, the
+        # markers and the page tables they filled go with the old one.
+        return remap_reserved(start, end, what)
+
+    # release(): nothing.  The memory is unmapped, which ends its
+    # registration; the shared userfaultfd stays open for the next region.
+    # (No uffd-wp bit can outlive its userfaultfd either: CVE-2024-36881
+    # concerned bits left after close().)
 
 
 def _uffd_features():
@@ -205,7 +264,7 @@ def _probe_pagemap():
     if missing:
         return False, "userfaultfd lacks %s (Linux >= 6.7 needed)" % ", ".join(missing)
     try:
-        r = Region(2 * _PAGE_SIZE, backend=_FORCE_PREFIX + "pagemap")
+        r = _probe_region(2 * _PAGE_SIZE, "pagemap")
     except OSError as e:
         if e.errno in _TRANSIENT_ERRNOS:
             raise

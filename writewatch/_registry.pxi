@@ -4,13 +4,6 @@
 
 BACKEND_NAMES = ("pagemap", "uffd", "mprotect", "softdirty")
 
-BackendInfo = collections.namedtuple("BackendInfo", "name available reason")
-BackendInfo.__doc__ = "A backend, whether it can run here, and why (not)."
-
-# Internal: a backend name with this prefix skips the availability check;
-# the probes use it to build their scratch regions.
-_FORCE_PREFIX = "\0force:"
-
 import errno as _errnos
 
 # A probe that fails for want of a resource (no fd left, no memory) says
@@ -76,12 +69,6 @@ def _choose_backend(backend):
                                  % "; ".join(reasons))
     if not isinstance(backend, str):
         raise TypeError("backend must be a str or None, not %s" % type(backend).__name__)
-    if backend.startswith(_FORCE_PREFIX):
-        name = backend[len(_FORCE_PREFIX):]
-        if name not in _ENGINES:
-            raise ValueError("unknown backend %r (from %s); known backends: %s"
-                             % (backend, source, ", ".join(BACKEND_NAMES)))
-        return name, _ENGINES[name][0]
     if backend not in BACKEND_NAMES:
         raise ValueError("unknown backend %r (from %s); known backends: %s"
                          % (backend, source, ", ".join(BACKEND_NAMES)))

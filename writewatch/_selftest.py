@@ -7,6 +7,7 @@ TAP: a plan "1..N", then "ok N - name", "not ok N - name" or
 failed; 4 (KSFT_SKIP): this kernel lacks a feature the contract needs.
 """
 
+import collections
 import os
 import re
 import subprocess
@@ -25,12 +26,18 @@ def binary_path():
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bin", BINARY_NAME)
 
 
-def parse(text):
-    """Count a TAP output: dict(planned, passed, failed, skipped, failures,
-    lines).  A check that did not report counts as failed."""
+# One result line: ok (bool), number, description (the rest of the line,
+# directive included: "name # SKIP reason"), skip (a "# SKIP" directive) and
+# the line itself.
+Result = collections.namedtuple("Result", "ok number description skip line")
+
+
+def parse_tap(text):
+    """The plan and the result lines of a TAP output: (planned or None,
+    [Result, ...]).  The only TAP parser of the project: the tests, the
+    kernel matrix and run() below all read the selftest's output here."""
     planned = None
-    passed = failed = skipped = 0
-    failures = []
+    results = []
     for line in text.splitlines():
         m = _PLAN.match(line)
         if m and planned is None:
@@ -39,13 +46,20 @@ def parse(text):
         m = _RESULT.match(line)
         if not m:
             continue
-        if m.group(1) == "not ok":
-            failed += 1
-            failures.append(line)
-        elif re.search(r"#\s*SKIP\b", m.group(3), re.IGNORECASE):
-            skipped += 1
-        else:
-            passed += 1
+        ok = m.group(1) == "ok"
+        skip = ok and re.search(r"#\s*SKIP\b", m.group(3), re.IGNORECASE) is not None
+        results.append(Result(ok, int(m.group(2)), m.group(3), skip, line))
+    return planned, results
+
+
+def parse(text):
+    """Count a TAP output: dict(planned, passed, failed, skipped, missing,
+    failures).  A check that did not report counts as failed."""
+    planned, results = parse_tap(text)
+    failures = [r.line for r in results if not r.ok]
+    failed = len(failures)
+    skipped = sum(1 for r in results if r.skip)
+    passed = len(results) - failed - skipped
     missing = 0
     if planned is not None and passed + failed + skipped < planned:
         missing = planned - (passed + failed + skipped)

@@ -15,8 +15,12 @@ cdef class _SoftDirtyEngine(Engine):
     def __cinit__(self):
         self.r = NULL
 
-    cdef int arm(self, uintptr_t base, size_t size, size_t page) except -1:
-        Engine.arm(self, base, size, page)
+    cdef size_t arm_cost(self, size_t size) noexcept:
+        return size // _PAGE_SIZE // 8 + 8          # a bit per page
+
+    cdef int arm(self, uintptr_t base, size_t size, size_t page,
+                 bint committed) except -1:
+        Engine.arm(self, base, size, page, committed)
         cdef const char *what = NULL
         cdef int rc
         self.r = ww_sd_region_new()
@@ -43,6 +47,19 @@ cdef class _SoftDirtyEngine(Engine):
     cdef int discard(self, uintptr_t start, uintptr_t end,
                      const char **what) noexcept nogil:
         with gil:
+            return ww_sd_discard(self.r, start, end, what)
+
+    cdef int commit(self, uintptr_t start, uintptr_t end, int prot,
+                    const char **what) noexcept nogil:
+        with gil:
+            return ww_sd_commit(self.r, start, end, prot, what)
+
+    cdef int decommit(self, uintptr_t start, uintptr_t end,
+                      const char **what) noexcept nogil:
+        with gil:
+            if mprotect(<void *>start, end - start, PROT_NONE) != 0:
+                what[0] = "mprotect"
+                return -errno
             return ww_sd_discard(self.r, start, end, what)
 
     # protect(): the default mprotect.  mprotect keeps the soft-dirty bit,
@@ -93,7 +110,7 @@ def _probe_softdirty():
     cdef int rc
     cdef uintptr_t addr
     try:
-        r = Region(_PAGE_SIZE, backend=_FORCE_PREFIX + "softdirty")
+        r = _probe_region(_PAGE_SIZE, "softdirty")
     except OSError as e:
         return False, str(e)
     try:

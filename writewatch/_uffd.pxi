@@ -14,15 +14,21 @@ cdef class _UffdEngine(Engine):
     def __cinit__(self):
         self.r = NULL
 
-    cdef int arm(self, uintptr_t base, size_t size, size_t page) except -1:
-        Engine.arm(self, base, size, page)
+    cdef size_t arm_cost(self, size_t size) noexcept:
+        # Markers fill the page tables (not in MISSING mode, which only maps
+        # pages as they are touched); and a bit per page.
+        return page_table_bytes(size) + size // _PAGE_SIZE // 8 + 8
+
+    cdef int arm(self, uintptr_t base, size_t size, size_t page,
+                 bint committed) except -1:
+        Engine.arm(self, base, size, page, committed)
         cdef const char *what = NULL
         cdef int rc
         self.r = ww_uffd_region_new()
         if self.r == NULL:
             raise MemoryError()
         with nogil:
-            rc = ww_uffd_arm(self.r, base, size, page, &what)
+            rc = ww_uffd_arm(self.r, base, size, page, committed, &what)
         if rc < 0:
             ww_uffd_region_free(self.r)
             self.r = NULL
@@ -36,11 +42,26 @@ cdef class _UffdEngine(Engine):
 
     cdef int reset(self, uintptr_t start, uintptr_t end,
                    const char **what) noexcept nogil:
-        return ww_uffd_collect(self.r, start, end, 1, NULL, NULL, 0, what)
+        # Every page, not only the written ones: a program's MADV_DONTNEED
+        # drops the markers of pages whose bit is clear, and their writes
+        # would never fault again.
+        return ww_uffd_rearm(self.r, start, end, 1, what)
+
+    cdef int rearm(self, uintptr_t start, uintptr_t end,
+                   const char **what) noexcept nogil:
+        return ww_uffd_rearm(self.r, start, end, 0, what)
 
     cdef int discard(self, uintptr_t start, uintptr_t end,
                      const char **what) noexcept nogil:
         return ww_uffd_discard(self.r, start, end, what)
+
+    cdef int commit(self, uintptr_t start, uintptr_t end, int prot,
+                    const char **what) noexcept nogil:
+        return ww_uffd_commit(self.r, start, end, prot, what)
+
+    cdef int decommit(self, uintptr_t start, uintptr_t end,
+                      const char **what) noexcept nogil:
+        return ww_uffd_decommit(self.r, start, end, what)
 
     # protect(): the default mprotect.  mprotect keeps uffd-wp bits and
     # markers (x86's _PAGE_CHG_MASK carries _PAGE_UFFD_WP; markers are not
@@ -117,7 +138,7 @@ def _probe_uffd():
     if rc < 0:
         return False, str(syscall_error(-rc, what.decode("ascii")))
     try:
-        r = Region(2 * _PAGE_SIZE, backend=_FORCE_PREFIX + "uffd")
+        r = _probe_region(2 * _PAGE_SIZE, "uffd")
     except OSError as e:
         return False, str(e)
     try:

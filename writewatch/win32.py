@@ -22,20 +22,26 @@ failures nobody can act on (``OSError`` naming the system call).
 
 The model
 ---------
-* An *allocation* is what one reserving ``VirtualAlloc`` makes.  Its base is
-  a multiple of :data:`ALLOCATION_GRANULARITY` (64 KiB, as on Windows; an
-  explicit address is rounded down to it) and its size a whole number of
-  pages.  Each page is reserved (``PROT_NONE``, never reported written) or
-  committed with one of the six ``PAGE_*`` protections.
-* ``MEM_WRITE_WATCH`` allocations are :class:`writewatch.Region` objects,
-  each with the backend chosen when it was made (``$WRITEWATCH_BACKEND`` is
-  read then); protection changes go through ``Region._protect`` and decommit
-  through ``Region._discard``, so written state behaves the same on every
-  backend.  Other allocations are plain anonymous mappings.
-* Decommit drops the pages' contents *and* their written state; recommitted
-  pages read as zero and start clean.  (This is the project's contract;
-  Wine's conformance test expects Windows NT to keep reporting a page
-  written before its decommit -- see the README's win32 section.)
+* An *allocation* is what one reserving ``VirtualAlloc`` makes
+  (writewatch/_win32_table.py).  Its base is a multiple of
+  :data:`ALLOCATION_GRANULARITY` (64 KiB, as on Windows; an explicit address
+  is rounded down to it) and its size a whole number of pages.  Each page is
+  reserved (``PROT_NONE``, never reported written) or committed with one of
+  the six ``PAGE_*`` protections.
+* Every allocation is a :class:`writewatch.Region` made reserved.  A
+  reservation costs no page tables and arms nothing: committing arms exactly
+  the committed pages (with ``MEM_WRITE_WATCH``, on the backend chosen when
+  the reservation was made: ``$WRITEWATCH_BACKEND`` is read then), and
+  decommitting disarms them and gives their page tables back.
+  ``GetWriteWatch`` and ``ResetWriteWatch`` walk only the committed runs.
+  A commit that would need more memory (page tables, the backend's per-page
+  state) than the process can get fails with ``ERROR_COMMITMENT_LIMIT`` and
+  leaves the reservation as it was.
+* Written state follows Windows, latching included: a ``VirtualProtect``
+  latches the written state of the pages it covers; a decommit drops the
+  pages' contents and the written state that is not latched; recommitted
+  pages read as zero.  ``GetWriteWatch`` reports latched or written pages;
+  its reset flag and ``ResetWriteWatch`` clear both.
 * ``PAGE_GUARD``, ``PAGE_NOCACHE``, ``PAGE_WRITECOMBINE``, the copy-on-write
   protections, ``MEM_LARGE_PAGES`` and ``MEM_PHYSICAL`` are not supported:
   they fail with ``ERROR_INVALID_PARAMETER``.  ``MEM_RESET`` and
@@ -43,25 +49,27 @@ The model
   discard them; keeping them is one of its allowed outcomes).  ``MEM_TOP_DOWN``
   is accepted and ignored.
 
-Thread safety: allocation, release, protection changes and queries take one
-lock; ``GetWriteWatch`` and ``ResetWriteWatch`` take none (they read an
-immutable snapshot of the allocation table), so they never hold up threads
-writing the memory nor each other.
+Thread safety: each allocation has a lock, taken by every call on it
+(``GetWriteWatch`` included: a commit or decommit racing a scan can then
+neither show unarmed pages as written nor hide a write); the table of
+allocations is replaced, never mutated, so finding an allocation takes no
+lock.  Threads writing the memory never wait for any of these.  After
+``fork()`` the child starts with fresh locks; its write-watch calls on the
+parent's allocations raise ``ForkedRegionError``.
 """
 
 import bisect as _bisect
 import collections as _collections
-import ctypes as _ctypes
 import errno as _errno
 import mmap as _mmap
-import operator as _operator
 import threading as _threading
 
 import numpy as _np
 
-from writewatch._core import PAGE_SIZE, Region as _Region, _array_address
+from writewatch import _core
+from writewatch import _win32_table as _tab
+from writewatch._core import PAGE_SIZE, _array_address
 from writewatch._errors import BackendUnavailable as _BackendUnavailable
-from writewatch._errors import syscall_error as _syscall_error
 
 __all__ = [
     "MEM_COMMIT", "MEM_RESERVE", "MEM_DECOMMIT", "MEM_RELEASE", "MEM_FREE",
@@ -73,7 +81,7 @@ __all__ = [
     "WRITE_WATCH_FLAG_RESET",
     "ERROR_SUCCESS", "ERROR_ACCESS_DENIED", "ERROR_NOT_ENOUGH_MEMORY",
     "ERROR_NOT_SUPPORTED", "ERROR_INVALID_PARAMETER", "ERROR_INVALID_ADDRESS",
-    "ERROR_NOACCESS",
+    "ERROR_NOACCESS", "ERROR_COMMITMENT_LIMIT",
     "PAGE_SIZE", "ALLOCATION_GRANULARITY", "MAXIMUM_APPLICATION_ADDRESS",
     "MEMORY_BASIC_INFORMATION",
     "VirtualAlloc", "VirtualFree", "VirtualProtect", "VirtualQuery",
@@ -117,6 +125,7 @@ ERROR_NOT_ENOUGH_MEMORY = 8
 ERROR_NOT_SUPPORTED = 50
 ERROR_INVALID_PARAMETER = 87
 ERROR_INVALID_ADDRESS = 487
+ERROR_COMMITMENT_LIMIT = 1455
 ERROR_NOACCESS = 998
 
 #: Reservations start at multiples of this (Windows' dwAllocationGranularity).
@@ -149,6 +158,8 @@ MEMORY_BASIC_INFORMATION = _collections.namedtuple(
     "BaseAddress AllocationBase AllocationProtect RegionSize State Protect Type")
 MEMORY_BASIC_INFORMATION.__doc__ = "What VirtualQuery reports, field for field."
 
+
+
 # -- the calling thread's last error --------------------------------------
 
 _tls = _threading.local()
@@ -171,14 +182,7 @@ def _fail(code, value):
 
 # -- argument conversion (the C types of the Windows prototypes) ----------
 
-def _index(value, name):
-    if isinstance(value, float):
-        raise TypeError("%s must be an integer, not float" % name)
-    try:
-        return _operator.index(value)
-    except TypeError:
-        raise TypeError("%s must be an integer, not %s"
-                        % (name, type(value).__name__)) from None
+_index = _core._index_arg
 
 
 def _size_t(value, name):
@@ -195,217 +199,78 @@ def _dword(value, name):
     return v
 
 
-# -- plain anonymous mappings (allocations without MEM_WRITE_WATCH) -------
+# -- errors: one mapping from the library's exceptions to ERROR_* ---------
 
-_libc = _ctypes.CDLL(None, use_errno=True)
-_mmap_c = _libc.mmap
-_mmap_c.restype = _ctypes.c_void_p
-_mmap_c.argtypes = [_ctypes.c_void_p, _ctypes.c_size_t, _ctypes.c_int,
-                    _ctypes.c_int, _ctypes.c_int, _ctypes.c_long]
-_munmap_c = _libc.munmap
-_munmap_c.argtypes = [_ctypes.c_void_p, _ctypes.c_size_t]
-_mprotect_c = _libc.mprotect
-_mprotect_c.argtypes = [_ctypes.c_void_p, _ctypes.c_size_t, _ctypes.c_int]
-_madvise_c = _libc.madvise
-_madvise_c.argtypes = [_ctypes.c_void_p, _ctypes.c_size_t, _ctypes.c_int]
-
-_MAP_FAILED = _ctypes.c_void_p(-1).value
-# Linux's generic values (x86-64, arm64): the mmap module lacks these.
-_MAP_NORESERVE = 0x4000
-_MAP_FIXED_NOREPLACE = 0x100000
-_MAP_FLAGS = _mmap.MAP_PRIVATE | _mmap.MAP_ANONYMOUS | _MAP_NORESERVE
+_ERRNO_CODES = {
+    _errno.EEXIST: ERROR_INVALID_ADDRESS,        # the address range is taken
+    _errno.ENOMEM: ERROR_NOT_ENOUGH_MEMORY,      # no VMA left, no memory
+    _errno.EAGAIN: ERROR_NOT_ENOUGH_MEMORY,
+    _errno.EACCES: ERROR_ACCESS_DENIED,
+    _errno.EPERM: ERROR_ACCESS_DENIED,
+}
 
 
-def _os_mmap(address, length, fixed):
-    flags = _MAP_FLAGS | (_MAP_FIXED_NOREPLACE if fixed else 0)
-    p = _mmap_c(address or None, length, 0, flags, -1, 0)
-    if p is None or p == _MAP_FAILED:
-        err = _ctypes.get_errno()
-        raise _syscall_error(err, "mmap", "%d bytes at %#x" % (length, address))
-    if fixed and p != address:       # pre-4.17 kernels treat it as a hint
-        _munmap_c(p, length)
-        raise _syscall_error(_errno.EEXIST, "mmap(MAP_FIXED_NOREPLACE)")
-    return p
+class _Win32Failure(Exception):
+    """Raised inside a call to leave it with a Windows error code."""
+
+    def __init__(self, code):
+        self.code = code
 
 
-def _os_munmap(address, length):
-    if length and _munmap_c(address, length) != 0:
-        err = _ctypes.get_errno()
-        raise _syscall_error(err, "munmap", "%#x+%#x" % (address, length))
-
-
-def _os_mprotect(address, length, prot):
-    if _mprotect_c(address, length, prot) != 0:
-        err = _ctypes.get_errno()
-        raise _syscall_error(err, "mprotect", "%#x+%#x" % (address, length))
-
-
-def _os_discard(address, length):
-    if _madvise_c(address, length, _mmap.MADV_DONTNEED) != 0:
-        err = _ctypes.get_errno()
-        raise _syscall_error(err, "madvise(MADV_DONTNEED)", "%#x+%#x" % (address, length))
-
-
-# -- allocations ----------------------------------------------------------
-
-_RESERVED = MEM_RESERVE
-_COMMITTED = MEM_COMMIT
-
-
-class _Allocation:
-    """One reservation: [base, end), its pages' states as sorted runs
-    [start, end, state, protect] (adjacent runs always differ), and the
-    Region tracking it (None without MEM_WRITE_WATCH)."""
-
-    __slots__ = ("base", "end", "protect", "region", "runs")
-
-    def __init__(self, base, end, protect, region):
-        self.base = base
-        self.end = end
-        self.protect = protect
-        self.region = region
-        self.runs = [(base, end, _RESERVED, 0)]
-
-    def set_protection(self, start, end, prot):
-        """Change the caller-visible protection of [start, end)."""
-        if self.region is not None:
-            self.region._protect(start, end - start, prot)
-        else:
-            _os_mprotect(start, end - start, prot)
-
-    def discard(self, start, end):
-        """Decommit [start, end): no access, contents and written state gone."""
-        self.set_protection(start, end, 0)
-        if self.region is not None:
-            self.region._discard(start, end - start)
-        else:
-            _os_discard(start, end - start)
-
-    def run_at(self, address):
-        runs = self.runs
-        i = _bisect.bisect_right(runs, (address, _USER_END << 1)) - 1
-        return runs[i]
-
-    def all_committed(self, start, end):
-        for s, e, state, _ in self.runs:
-            if e > start and s < end and state != _COMMITTED:
-                return False
-        return True
-
-    def set_state(self, start, end, state, protect):
-        out = []
-        new = (start, end, state, protect)
-        placed = False
-        for run in self.runs:
-            s, e = run[0], run[1]
-            if e <= start:
-                out.append(run)
-                continue
-            if s >= end:
-                if not placed:
-                    out.append(new)
-                    placed = True
-                out.append(run)
-                continue
-            if s < start:
-                out.append((s, start, run[2], run[3]))
-            if not placed:
-                out.append(new)
-                placed = True
-            if e > end:
-                out.append((end, e, run[2], run[3]))
-        if not placed:
-            out.append(new)
-        merged = [out[0]]
-        for run in out[1:]:
-            last = merged[-1]
-            if last[2] == run[2] and last[3] == run[3] and last[1] == run[0]:
-                merged[-1] = (last[0], run[1], last[2], last[3])
-            else:
-                merged.append(run)
-        self.runs = merged
-
-
-_lock = _threading.Lock()
-# (sorted bases, allocations in the same order): replaced, never mutated, so
-# GetWriteWatch/ResetWriteWatch read it without the lock.
-_table = ((), ())
-
-
-def _find(address):
-    """The allocation containing `address`, or None."""
-    bases, allocs = _table
-    i = _bisect.bisect_right(bases, address) - 1
-    if i >= 0:
-        a = allocs[i]
-        if address < a.end:
-            return a
-    return None
-
-
-def _overlaps(start, end):
-    bases, allocs = _table
-    i = _bisect.bisect_left(bases, end) - 1
-    return i >= 0 and allocs[i].end > start
-
-
-def _insert(alloc):
-    global _table
-    bases, allocs = _table
-    i = _bisect.bisect_left(bases, alloc.base)
-    _table = (bases[:i] + (alloc.base,) + bases[i:],
-              allocs[:i] + (alloc,) + allocs[i:])
-
-
-def _remove(alloc):
-    global _table
-    bases, allocs = _table
-    i = bases.index(alloc.base)
-    _table = (bases[:i] + bases[i + 1:], allocs[:i] + allocs[i + 1:])
+def _win32_errors(failure):
+    """Decorator (psutil's wrap_exceptions): what the library raises inside
+    the call becomes the Windows failure value plus the last error --
+    MemoryError (arming would need more memory than the process can get)
+    ERROR_COMMITMENT_LIMIT, BackendUnavailable ERROR_NOT_SUPPORTED, an
+    OSError with a known errno its ERROR_* code.  Anything else (TypeError,
+    OverflowError, an OSError nobody can act on) propagates."""
+    def wrap(fn):
+        def call(*args):
+            try:
+                return fn(*args)
+            except _Win32Failure as e:
+                return _fail(e.code, failure)
+            except MemoryError:
+                return _fail(ERROR_COMMITMENT_LIMIT, failure)
+            except _BackendUnavailable:
+                return _fail(ERROR_NOT_SUPPORTED, failure)
+            except OSError as e:
+                code = _ERRNO_CODES.get(e.errno)
+                if code is None:
+                    raise
+                return _fail(code, failure)
+        call.__name__ = fn.__name__
+        call.__qualname__ = fn.__qualname__
+        call.__doc__ = fn.__doc__
+        call.__wrapped__ = fn
+        return call
+    return wrap
 
 
 def _backend_of(address):
     """Name of the write-watch backend tracking the allocation at `address`
     (None for memory without MEM_WRITE_WATCH or outside any allocation)."""
-    a = _find(_size_t(address, "address"))
-    return a.region.backend if a is not None and a.region is not None else None
+    a = _tab.find(_size_t(address, "address"))
+    return a.region.backend if a is not None and a.watch else None
 
 
-def _place(length, fixed_at, make):
-    """Map `length` bytes at `fixed_at` (exactly) or, for 0, at some
-    multiple of the allocation granularity; `make(address)` maps with
-    MAP_FIXED_NOREPLACE semantics.  An aligned hole is found by reserving a
-    larger PROT_NONE placeholder and freeing its aligned middle; another
-    thread mapping into the hole meanwhile makes `make` fail with EEXIST,
-    and the search is retried."""
-    if fixed_at:
-        return make(fixed_at)
-    span = length + ALLOCATION_GRANULARITY - PAGE_SIZE
-    for _ in range(64):
-        p = _os_mmap(0, span, False)
-        aligned = (p + _GRAN_MASK) & ~_GRAN_MASK
-        _os_munmap(aligned, length)
-        try:
-            return make(aligned)
-        except OSError as e:
-            if e.errno != _errno.EEXIST:
-                raise
-        finally:
-            # the placeholder's head and tail, whatever happened
-            _os_munmap(p, aligned - p)
-            _os_munmap(aligned + length, p + span - aligned - length)
-    raise _syscall_error(_errno.EEXIST, "mmap(MAP_FIXED_NOREPLACE)",
-                         "no aligned hole stayed free")
+def _page_range(address, size):
+    """[address, address+size) rounded out to whole pages, as Windows does."""
+    return address & ~_PAGE_MASK, (address + size + _PAGE_MASK) & ~_PAGE_MASK
 
 
-def _os_error_code(e):
-    if e.errno == _errno.EEXIST:
-        return ERROR_INVALID_ADDRESS
-    if e.errno in (_errno.ENOMEM, _errno.EAGAIN):
-        return ERROR_NOT_ENOUGH_MEMORY
-    if e.errno in (_errno.EACCES, _errno.EPERM):
-        return ERROR_ACCESS_DENIED
-    return None
+def _locked(address):
+    """The allocation holding `address`, its lock taken (release with
+    ``alloc.lock.release()``), or None.  An allocation released between the
+    lookup and the lock is treated as not found."""
+    alloc = _tab.find(address)
+    if alloc is None:
+        return None
+    alloc.lock.acquire()
+    if alloc.region.closed:
+        alloc.lock.release()
+        return None
+    return alloc
 
 
 # -- VirtualAlloc / VirtualFree / VirtualProtect / VirtualQuery -----------
@@ -415,9 +280,11 @@ def VirtualAlloc(address, size, allocation_type, protect):
     reserved or committed, or 0 with the thread's last error set:
     ERROR_INVALID_PARAMETER (bad size, type or protection; MEM_WRITE_WATCH
     without MEM_RESERVE), ERROR_INVALID_ADDRESS (the address range is taken,
-    or for a commit not inside one reservation), ERROR_NOT_ENOUGH_MEMORY,
-    ERROR_NOT_SUPPORTED (MEM_WRITE_WATCH but no write-watch backend can run
-    here)."""
+    or for a commit not inside one reservation), ERROR_NOT_ENOUGH_MEMORY (the
+    kernel refused a mapping), ERROR_COMMITMENT_LIMIT (committing would need
+    more memory for page tables and write-watch state than the process can
+    get; a reservation stays as it was), ERROR_NOT_SUPPORTED (MEM_WRITE_WATCH
+    but no write-watch backend can run here)."""
     address = _size_t(address, "address")
     size = _size_t(size, "size")
     kind = _dword(allocation_type, "allocation_type")
@@ -444,6 +311,7 @@ def VirtualAlloc(address, size, allocation_type, protect):
     return _commit(address, size, protect)
 
 
+@_win32_errors(0)
 def _reserve(address, size, kind, protect):
     base = address & ~_GRAN_MASK
     end = (address + size + _PAGE_MASK) & ~_PAGE_MASK
@@ -451,87 +319,76 @@ def _reserve(address, size, kind, protect):
         return _fail(ERROR_INVALID_ADDRESS, 0)   # the first 64 KiB are never mapped
     length = end - base if address else end
     watch = bool(kind & MEM_WRITE_WATCH)
-    commit = bool(kind & MEM_COMMIT)
-    with _lock:
-        if base and _overlaps(base, base + length):
+    with _tab.table_lock:
+        if base and _tab.overlaps(base, base + length):
             return _fail(ERROR_INVALID_ADDRESS, 0)
-        try:
-            if watch:
-                region = _place(length, base, lambda at: _Region(length, address=at))
-                start = region.address
-            else:
-                region = None
-                start = _place(length, base, lambda at: _os_mmap(at, length, True))
-        except _BackendUnavailable:
-            return _fail(ERROR_NOT_SUPPORTED, 0)
-        except OSError as e:
-            code = _os_error_code(e)
-            if code is None:
+        region = _core._reserve(length, address=base or None,
+                                align=ALLOCATION_GRANULARITY, watch=watch)
+        start = region.address
+        alloc = _tab.Allocation(start, start + length, protect, region, watch)
+        if kind & MEM_COMMIT:
+            try:
+                region._commit(start, length, _PROT[protect])
+            except BaseException:
+                region.close()
                 raise
-            return _fail(code, 0)
-        alloc = _Allocation(start, start + length, protect, region)
-        try:
-            prot = _PROT[protect] if commit else 0
-            if watch and prot != _PROT[PAGE_READWRITE]:
-                region._protect(start, length, prot)
-            elif not watch and prot:
-                _os_mprotect(start, length, prot)
-        except OSError as e:
-            _release(alloc)
-            code = _os_error_code(e)
-            if code is None:
-                raise
-            return _fail(code, 0)
-        if commit:
-            alloc.set_state(start, start + length, _COMMITTED, protect)
-        _insert(alloc)
+            alloc.set_state(start, start + length, _tab.COMMITTED, protect)
+        _tab.insert(alloc)
         return start
 
 
+@_win32_errors(0)
 def _commit(address, size, protect):
     start, end = _page_range(address, size)
-    with _lock:
-        alloc = _find(start)
-        if alloc is None or end > alloc.end:
+    alloc = _locked(start)
+    if alloc is None:
+        return _fail(ERROR_INVALID_ADDRESS, 0)
+    try:
+        if end > alloc.end:
             return _fail(ERROR_INVALID_ADDRESS, 0)
+        region = alloc.region
+        prot = _PROT[protect]
+        runs = alloc.runs_in(start, end)
+        done = []
         try:
-            alloc.set_protection(start, end, _PROT[protect])
-        except OSError as e:
-            code = _os_error_code(e)
-            if code is None:
-                raise
-            return _fail(code, 0)
-        alloc.set_state(start, end, _COMMITTED, protect)
+            # Reserved runs are armed first (what can fail for want of
+            # memory), then committed runs get the new protection (contents
+            # and written state kept).  A failure undoes this call's commits.
+            for s, e, state, _ in runs:
+                if state != _tab.COMMITTED:
+                    region._commit(s, e - s, prot)
+                    done.append((s, e))
+            for s, e, state, _ in runs:
+                if state == _tab.COMMITTED:
+                    region._protect(s, e - s, prot)
+        except BaseException:
+            for s, e in done:
+                region._decommit(s, e - s)
+            raise
+        alloc.set_state(start, end, _tab.COMMITTED, protect)
         return start
+    finally:
+        alloc.lock.release()
 
 
+@_win32_errors(0)
 def _reset_pages(address, size):
     start, end = _page_range(address, size)
-    with _lock:
-        alloc = _find(start)
-        if alloc is None or end > alloc.end:
-            return _fail(ERROR_INVALID_ADDRESS, 0)
+    alloc = _tab.find(start)
+    if alloc is None or end > alloc.end:
+        return _fail(ERROR_INVALID_ADDRESS, 0)
     return start
 
 
-def _page_range(address, size):
-    """[address, address+size) rounded out to whole pages, as Windows does."""
-    return address & ~_PAGE_MASK, (address + size + _PAGE_MASK) & ~_PAGE_MASK
-
-
-def _release(alloc):
-    if alloc.region is not None:
-        alloc.region.close()
-    else:
-        _os_munmap(alloc.base, alloc.end - alloc.base)
-
-
+@_win32_errors(False)
 def VirtualFree(address, size, free_type):
     """MEM_DECOMMIT a page range (size 0 at an allocation's base: all of it)
     or MEM_RELEASE a whole allocation (address its base, size 0).  Returns
     True, or False with the last error: ERROR_INVALID_PARAMETER (bad type,
     MEM_RELEASE with a size), ERROR_INVALID_ADDRESS (not inside one
-    allocation, or not its base where the base is required)."""
+    allocation, or not its base where the base is required).  A decommit
+    drops the pages' contents, their page tables and the written state no
+    VirtualProtect latched."""
     address = _size_t(address, "address")
     size = _size_t(size, "size")
     free_type = _dword(free_type, "free_type")
@@ -539,16 +396,23 @@ def VirtualFree(address, size, free_type):
         return _fail(ERROR_INVALID_PARAMETER, False)
     if free_type == MEM_RELEASE and size:
         return _fail(ERROR_INVALID_PARAMETER, False)
-    with _lock:
-        alloc = _find(address)
-        if alloc is None:
-            return _fail(ERROR_INVALID_ADDRESS, False)
-        if free_type == MEM_RELEASE:
-            if address != alloc.base:
+    if free_type == MEM_RELEASE:
+        with _tab.table_lock:
+            alloc = _locked(address)
+            if alloc is None:
                 return _fail(ERROR_INVALID_ADDRESS, False)
-            _release(alloc)    # BufferError (views alive): the table is unchanged
-            _remove(alloc)
-            return True
+            try:
+                if address != alloc.base:
+                    return _fail(ERROR_INVALID_ADDRESS, False)
+                alloc.region.close()
+                _tab.remove(alloc)
+                return True
+            finally:
+                alloc.lock.release()
+    alloc = _locked(address)
+    if alloc is None:
+        return _fail(ERROR_INVALID_ADDRESS, False)
+    try:
         if size:
             start, end = _page_range(address, size)
         elif address == alloc.base:
@@ -557,23 +421,22 @@ def VirtualFree(address, size, free_type):
             return _fail(ERROR_INVALID_ADDRESS, False)
         if end > alloc.end:
             return _fail(ERROR_INVALID_ADDRESS, False)
-        try:
-            alloc.discard(start, end)
-        except OSError as e:
-            code = _os_error_code(e)
-            if code is None:
-                raise
-            return _fail(code, False)
-        alloc.set_state(start, end, _RESERVED, 0)
+        for s, e in alloc.committed_in(start, end):
+            alloc.region._decommit(s, e - s)
+            alloc.set_state(s, e, _tab.RESERVED, 0)
         return True
+    finally:
+        alloc.lock.release()
 
 
+@_win32_errors((False, 0))
 def VirtualProtect(address, size, new_protect):
     """Change the protection of committed pages.  Returns (True,
     old_protect) -- the first page's previous protection -- or (False, 0)
     with the last error: ERROR_INVALID_PARAMETER (bad protection or size 0),
     ERROR_INVALID_ADDRESS (not inside one allocation, or a page in the
-    range is not committed).  Written state is not changed."""
+    range is not committed).  Not a write; with MEM_WRITE_WATCH it latches
+    the written state of the pages it covers (a decommit keeps it)."""
     address = _size_t(address, "address")
     size = _size_t(size, "size")
     new_protect = _dword(new_protect, "new_protect")
@@ -582,20 +445,21 @@ def VirtualProtect(address, size, new_protect):
     start, end = _page_range(address, size)
     if start == end:
         return _fail(ERROR_INVALID_PARAMETER, (False, 0))
-    with _lock:
-        alloc = _find(start)
-        if alloc is None or end > alloc.end or not alloc.all_committed(start, end):
+    alloc = _locked(start)
+    if alloc is None:
+        return _fail(ERROR_INVALID_ADDRESS, (False, 0))
+    try:
+        if end > alloc.end or not alloc.all_committed(start, end):
             return _fail(ERROR_INVALID_ADDRESS, (False, 0))
         old = alloc.run_at(start)[3]
-        try:
-            alloc.set_protection(start, end, _PROT[new_protect])
-        except OSError as e:
-            code = _os_error_code(e)
-            if code is None:
-                raise
-            return _fail(code, (False, 0))
-        alloc.set_state(start, end, _COMMITTED, new_protect)
+        region = alloc.region
+        if alloc.watch:
+            alloc.latched.update(int(a) for a in region._written_of_runs([(start, end)]))
+        region._protect(start, end - start, _PROT[new_protect])
+        alloc.set_state(start, end, _tab.COMMITTED, new_protect)
         return True, old
+    finally:
+        alloc.lock.release()
 
 
 def VirtualQuery(address):
@@ -608,12 +472,14 @@ def VirtualQuery(address):
     if address > MAXIMUM_APPLICATION_ADDRESS:
         return _fail(ERROR_INVALID_PARAMETER, None)
     page = address & ~_PAGE_MASK
-    with _lock:
-        alloc = _find(page)
-        if alloc is not None:
+    alloc = _locked(page)
+    if alloc is not None:
+        try:
             s, e, state, prot = alloc.run_at(page)
             return MEMORY_BASIC_INFORMATION(page, alloc.base, alloc.protect, e - page,
                                             state, prot, MEM_PRIVATE)
+        finally:
+            alloc.lock.release()
     return _query_foreign(page)
 
 
@@ -656,6 +522,7 @@ def _protect_from_prot(prot):
     return PAGE_EXECUTE_READWRITE                      # -wx
 
 
+
 # -- write watch ----------------------------------------------------------
 
 def GetWriteWatch(flags, base, size, addresses, count):
@@ -666,7 +533,8 @@ def GetWriteWatch(flags, base, size, addresses, count):
     the slots to fill, or None for NULL.  Returns (0, n, PAGE_SIZE) with the
     n page addresses, ascending, in the first n slots and nothing written
     past them; with WRITE_WATCH_FLAG_RESET exactly those n pages are re-armed
-    atomically with reading them.  On failure returns (0xFFFFFFFF, count, 0)
+    atomically with reading them.  Pages a VirtualProtect latched count as
+    written, decommitted or not.  On failure returns (0xFFFFFFFF, count, 0)
     with the last error set, checking in this order: count NULL ->
     ERROR_NOACCESS; count or size 0 -> ERROR_INVALID_PARAMETER; unknown flag
     bits -> ERROR_INVALID_PARAMETER; addresses NULL -> ERROR_NOACCESS; the
@@ -688,17 +556,16 @@ def GetWriteWatch(flags, base, size, addresses, count):
     if addresses is None:
         _tls.error = ERROR_NOACCESS
         return _FAILED, count, 0
-    # _page_range, inlined: the hot path of every frame
+    # _page_range and _tab.find, inlined: the hot path of every frame
     start = base & ~_PAGE_MASK
     end = (base + size + _PAGE_MASK) & ~_PAGE_MASK
-    bases, allocs = _table
+    bases, allocs = _tab._table
     i = _bisect_right(bases, start) - 1
     if i < 0:
         _tls.error = ERROR_INVALID_PARAMETER
         return _FAILED, count, 0
     alloc = allocs[i]
-    region = alloc.region
-    if region is None or end > alloc.end:
+    if not alloc.watch or end > alloc.end:
         _tls.error = ERROR_INVALID_PARAMETER
         return _FAILED, count, 0
     try:
@@ -709,50 +576,84 @@ def GetWriteWatch(flags, base, size, addresses, count):
         _check_buffer(addresses)            # TypeError unless a contiguous buffer
         _tls.error = ERROR_NOACCESS         # too short for `count` slots
         return _FAILED, count, 0
-    if not _writable(_array_address(out), 8 * count):
-        # A buffer (ctypes array, numpy view, memoryview...) laid over
-        # reserved, decommitted or read-only pages of ours (a guest's bad
-        # pointer): Windows answers ERROR_NOACCESS, writing would be a crash.
+    if not out.flags.writeable or not _writable(_array_address(out), 8 * count):
+        # A read-only buffer, or one (ctypes array, numpy view,
+        # memoryview...) laid over reserved, decommitted or read-only pages
+        # of ours (a guest's bad pointer): Windows answers ERROR_NOACCESS,
+        # writing would be a crash.
         _tls.error = ERROR_NOACCESS
         return _FAILED, count, 0
-    try:
-        found = region.get_write_watch(start, end - start, reset=flags, out=out)
-    except ValueError:
-        # Region refuses a read-only `out`, and a region released meanwhile
-        # by another thread; anything else is a bug worth seeing.
-        if not out.flags.writeable:
-            _tls.error = ERROR_NOACCESS
-        elif region.closed:
+    region = alloc.region
+    with alloc.lock:
+        if region.closed:                   # released meanwhile
             _tls.error = ERROR_INVALID_PARAMETER
+            return _FAILED, count, 0
+        runs = alloc.committed_in(start, end)
+        if alloc.latched:
+            n = _get_with_latched(alloc, runs, start, end, flags, out)
+        elif runs:
+            n = region._get_runs(runs, flags, out)
         else:
-            raise
-        return _FAILED, count, 0
-    return 0, len(found), PAGE_SIZE
+            n = 0
+    return 0, n, PAGE_SIZE
+
+
+def _get_with_latched(alloc, runs, start, end, reset, out):
+    """GetWriteWatch where some pages are latched: the first len(out) of
+    (latched | written), ascending; with reset, exactly those stop counting
+    (latch and engine alike).  alloc.lock held."""
+    region = alloc.region
+    written = region._written_of_runs(runs) if runs else _np.empty(0, _UINT64)
+    latched = _np.array(alloc.latched_in(start, end), dtype=_UINT64)
+    pages = _np.union1d(written, latched)[:len(out)]
+    n = len(pages)
+    out[:n] = pages
+    if reset and n:
+        alloc.latched.difference_update(int(a) for a in pages)
+        region._reset_runs(_page_runs(alloc, pages))
+    return n
+
+
+def _page_runs(alloc, pages):
+    """Committed runs of consecutive pages among `pages` (ascending)."""
+    runs = []
+    for a in pages:
+        a = int(a)
+        if alloc.run_at(a)[2] != _tab.COMMITTED:
+            continue
+        if runs and runs[-1][1] == a:
+            runs[-1][1] = a + PAGE_SIZE
+        else:
+            runs.append([a, a + PAGE_SIZE])
+    return [(s, e) for s, e in runs]
 
 
 def ResetWriteWatch(base, size):
-    """Re-arm [base, base+size): none of its pages counts as written after.
-    Returns 0, or 0xFFFFFFFF with ERROR_INVALID_PARAMETER when size is 0 or
-    the page-rounded range is not inside one MEM_WRITE_WATCH allocation.
-    Reserved pages in the range are fine (they are never written)."""
+    """Re-arm [base, base+size): none of its pages counts as written after,
+    latched ones included.  Returns 0, or 0xFFFFFFFF with
+    ERROR_INVALID_PARAMETER when size is 0 or the page-rounded range is not
+    inside one MEM_WRITE_WATCH allocation.  Reserved pages in the range are
+    fine (they are never written)."""
     if type(base) is not int or type(size) is not int or (base | size) >> _U64:
         _, base, size, _ = _convert(0, base, size, 0)
     if not size:
         _tls.error = ERROR_INVALID_PARAMETER
         return _FAILED
     start, end = _page_range(base, size)
-    alloc = _find(start)
-    if alloc is None or alloc.region is None or end > alloc.end:
+    alloc = _tab.find(start)
+    if alloc is None or not alloc.watch or end > alloc.end:
         _tls.error = ERROR_INVALID_PARAMETER
         return _FAILED
     region = alloc.region
-    try:
-        region.reset_write_watch(start, end - start)
-    except ValueError:
-        if not region.closed:
-            raise
-        _tls.error = ERROR_INVALID_PARAMETER
-        return _FAILED
+    with alloc.lock:
+        if region.closed:
+            _tls.error = ERROR_INVALID_PARAMETER
+            return _FAILED
+        if alloc.latched:
+            alloc.latched.difference_update([a for a in alloc.latched if start <= a < end])
+        runs = alloc.committed_in(start, end)
+        if runs:
+            region._reset_runs(runs)
     return 0
 
 
@@ -768,7 +669,7 @@ def _writable(address, length):
     allocations that is not committed writable.  (Memory we did not
     allocate cannot be checked cheaply and is trusted.)"""
     end = address + length
-    bases, allocs = _table
+    bases, allocs = _tab._table
     i = _bisect.bisect_right(bases, address) - 1
     if i < 0:
         i = 0
@@ -777,8 +678,8 @@ def _writable(address, length):
             break
         if alloc.end <= address:
             continue
-        for s, e, state, protect in alloc.runs:
-            if e > address and s < end and (state != _COMMITTED or protect not in _WRITABLE):
+        for s, e, state, protect in alloc.runs_in(address, end):
+            if state != _tab.COMMITTED or protect not in _WRITABLE:
                 return False
     return True
 

@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -75,6 +76,115 @@ static inline int ww_pagemap_fd(void)
 }
 
 /* ioctl(), retried on EINTR; returns the result or -errno. */
+static inline long ww_ioctl(int fd, unsigned long req, void *arg);
+
+static inline int ww_userfaultfd(int flags)
+{
+    long r = syscall(SYS_userfaultfd, flags);
+    return r < 0 ? -errno : (int)r;
+}
+
+/* ---- the process's asynchronous userfaultfd -----------------------------
+ * Every `pagemap` region is registered with one userfaultfd per process
+ * (features WP_ASYNC | WP_UNPOPULATED: the kernel resolves write faults by
+ * itself and never queues a message, so nothing reads it).  One descriptor
+ * whatever the number of regions: a program holding thousands of them stays
+ * far from RLIMIT_NOFILE, creating and closing a region costs no open() or
+ * close() -- and closing a userfaultfd walks every VMA of the process.
+ *
+ * Kept per fork generation, like the pagemap descriptor: a descriptor
+ * inherited over fork() still belongs to the parent's mm (registering
+ * through it would register the *parent's* addresses), so a child opens its
+ * own.  The file's identity (st_dev, st_ino: every userfaultfd has an inode
+ * of its own) is kept too, so that a descriptor closed behind the library's
+ * back -- its number maybe reused by another file -- is noticed when a call
+ * fails, and a fresh one is opened for the regions made after that.  The
+ * regions registered through the lost one read as unregistered
+ * (PM_SCAN_CHECK_WPASYNC: EPERM).  Guarded by a mutex that a fork child
+ * re-initialises (only the forking thread lives on in the child). */
+static struct {
+    pthread_mutex_t mu;
+    uint64_t gen;           /* fork generation + 1 it was opened in; 0: none */
+    int fd;
+    dev_t dev;
+    ino_t ino;
+} ww_au = { PTHREAD_MUTEX_INITIALIZER, 0, -1, 0, 0 };
+
+static void ww_au_on_fork_child(void)
+{
+    pthread_mutex_init(&ww_au.mu, NULL);
+    /* The number still refers to the inherited descriptor here (nothing else
+     * has run in the child yet): dropping the child's reference leaves the
+     * parent's registrations alone. */
+    if (ww_au.gen && ww_au.fd >= 0)
+        close(ww_au.fd);
+    ww_au.gen = 0;
+    ww_au.fd = -1;
+}
+
+static pthread_once_t ww_au_once = PTHREAD_ONCE_INIT;
+static void ww_au_install(void) { pthread_atfork(NULL, NULL, ww_au_on_fork_child); }
+
+/* The descriptor, opened and handshaken on first use in this process (or
+ * this fork child); -errno and *what on failure. */
+static int ww_async_uffd(const char **what)
+{
+    pthread_once(&ww_au_once, ww_au_install);
+    uint64_t gen = ww_fork_generation() + 1;
+    pthread_mutex_lock(&ww_au.mu);
+    if (ww_au.gen == gen && ww_au.fd >= 0) {
+        int fd = ww_au.fd;
+        pthread_mutex_unlock(&ww_au.mu);
+        return fd;
+    }
+    int fd = ww_userfaultfd(O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+    if (fd < 0) {
+        pthread_mutex_unlock(&ww_au.mu);
+        *what = "userfaultfd(UFFD_USER_MODE_ONLY)";
+        return fd;
+    }
+    struct uffdio_api api;
+    api.api = UFFD_API;
+    api.features = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
+    api.ioctls = 0;
+    long rc = ww_ioctl(fd, UFFDIO_API, &api);
+    struct stat st;
+    if (rc == 0 && fstat(fd, &st) != 0)
+        rc = -errno;
+    if (rc < 0) {
+        close(fd);
+        pthread_mutex_unlock(&ww_au.mu);
+        *what = "ioctl(UFFDIO_API) [features WP_ASYNC|WP_UNPOPULATED need Linux 6.7]";
+        return (int)rc;
+    }
+    ww_au.fd = fd;
+    ww_au.gen = gen;
+    ww_au.dev = st.st_dev;
+    ww_au.ino = st.st_ino;
+    pthread_mutex_unlock(&ww_au.mu);
+    return fd;
+}
+
+/* After a failed call on fd: if fd is no longer the descriptor we opened
+ * (closed behind our back, number maybe reused), forget it so the next
+ * region opens a new one.  Returns 1 if it was lost. */
+static int ww_async_uffd_lost(int fd)
+{
+    struct stat st;
+    int lost = 0;
+    pthread_mutex_lock(&ww_au.mu);
+    if (ww_au.fd == fd && ww_au.gen == ww_fork_generation() + 1) {
+        if (fstat(fd, &st) != 0 || st.st_dev != ww_au.dev || st.st_ino != ww_au.ino) {
+            ww_au.fd = -1;          /* not ours any more: never close it */
+            ww_au.gen = 0;
+            lost = 1;
+        }
+    }
+    pthread_mutex_unlock(&ww_au.mu);
+    return lost;
+}
+
+/* ioctl(), retried on EINTR; returns the result or -errno. */
 static inline long ww_ioctl(int fd, unsigned long req, void *arg)
 {
     long r;
@@ -82,12 +192,6 @@ static inline long ww_ioctl(int fd, unsigned long req, void *arg)
         r = ioctl(fd, req, arg);
     } while (r < 0 && errno == EINTR);
     return r < 0 ? -errno : r;
-}
-
-static inline int ww_userfaultfd(int flags)
-{
-    long r = syscall(SYS_userfaultfd, flags);
-    return r < 0 ? -errno : (int)r;
 }
 
 /* Write to a page without changing it: an atomic "or 0" is a write access

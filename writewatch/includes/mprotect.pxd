@@ -11,7 +11,7 @@ cdef extern from "mprotect_handler.h" nogil:
         long splits
 
     ww_mp_region *ww_mp_arm(uintptr_t base, size_t size, size_t page,
-                            int *err, const char **what)
+                            int committed, int *err, const char **what)
     void ww_mp_detach(ww_mp_region *r)
     void ww_mp_release(ww_mp_region *r)
     int ww_mp_collect(ww_mp_region *r, uintptr_t start, uintptr_t end, int reset,
@@ -19,6 +19,11 @@ cdef extern from "mprotect_handler.h" nogil:
     int ww_mp_reset(ww_mp_region *r, uintptr_t start, uintptr_t end, const char **what)
     int ww_mp_protect(ww_mp_region *r, uintptr_t start, uintptr_t end, int prot,
                       const char **what)
+    int ww_mp_rearm(ww_mp_region *r, uintptr_t start, uintptr_t end, const char **what)
+    int ww_mp_commit(ww_mp_region *r, uintptr_t start, uintptr_t end, int prot,
+                     const char **what)
+    int ww_mp_decommit(ww_mp_region *r, uintptr_t start, uintptr_t end,
+                       const char **what)
     int ww_mp_install()
     int ww_mp_handler_is_current()
     long ww_mp_vmas_in(uintptr_t start, uintptr_t end)

@@ -8,8 +8,9 @@
  * permission back, and the write is retried by the CPU.
  *
  * Per page, one byte:   bit 0  W   written since the last reset
- *                       bits 1-3   the caller-visible protection (PROT_*),
- *                                  changed only by ww_mp_protect()
+ *                       bits 1-3   the caller-visible protection (PROT_*,
+ *                                  stored XOR r->flip), changed only by
+ *                                  ww_mp_protect(), commit and decommit
  * The kernel protection of a page is kprot = W ? prot : prot & ~PROT_WRITE.
  * Invariant: a page without W is never writable, except between the
  * handler's mprotect() and its setting W (a write landing there is reported
@@ -53,8 +54,12 @@
 #endif
 
 #define WW_MP_W          1u
-#define WW_MP_PROT(b)    (((unsigned)(b) >> 1) & 7u)
-#define WW_MP_BYTE(prot) ((uint8_t)(((unsigned)(prot) & 7u) << 1))
+/* The protection bits are stored XOR the region's `flip` (its protection
+ * when made: read/write for a Region, none for a win32 reservation), so
+ * that the state of a fresh region is all zero bytes: calloc'd, it costs no
+ * memory until pages are written or committed. */
+#define WW_MP_PROT(r, b)    ((((unsigned)(b) >> 1) & 7u) ^ (r)->flip)
+#define WW_MP_BYTE(r, prot) ((uint8_t)((((unsigned)(prot) ^ (r)->flip) & 7u) << 1))
 #define WW_MP_SLOTS      16384          /* regions alive at once */
 #define WW_MP_TSLOTS     256            /* threads followed by the loop guard */
 #define WW_MP_LOOP_MAX   16             /* same fault returned this often: a loop */
@@ -67,6 +72,8 @@ struct ww_mp_region {
     long splits;                        /* VMAs this region's splits added (estimate) */
     pthread_mutex_t lock;               /* serialises the control calls */
     uint8_t *state;                     /* npages bytes */
+    unsigned flip;                      /* the protection a zero byte stands for */
+    char name[40];                      /* its VMAs' name (PR_SET_VMA_ANON_NAME) */
 };
 
 /* ---- global state ------------------------------------------------------ */
@@ -109,10 +116,13 @@ static inline void ww_mp_unlock(void) { __atomic_store_n(&ww_mp_spin, 0, __ATOMI
 
 /* Only the forking thread lives on in a child: no handler is inside, no
  * writer holds the lock. */
+static int ww_mp_watchdog_on;           /* the watchdog thread runs */
+
 static void ww_mp_on_fork_child(void)
 {
     ww_mp_readers[0] = ww_mp_readers[1] = 0;
     ww_mp_spin = 0;
+    ww_mp_watchdog_on = 0;              /* threads do not survive fork() */
 }
 
 static void ww_mp_atfork_install(void) { pthread_atfork(NULL, NULL, ww_mp_on_fork_child); }
@@ -121,9 +131,9 @@ static void ww_mp_atfork_install(void) { pthread_atfork(NULL, NULL, ww_mp_on_for
 
 static inline int ww_mp_gettid(void) { return (int)syscall(SYS_gettid); }
 
-static inline unsigned ww_mp_kprot(uint8_t b)
+static inline unsigned ww_mp_kprot(const struct ww_mp_region *r, uint8_t b)
 {
-    unsigned p = WW_MP_PROT(b);
+    unsigned p = WW_MP_PROT(r, b);
     return (b & WW_MP_W) ? p : (p & ~(unsigned)PROT_WRITE);
 }
 
@@ -148,11 +158,11 @@ static long ww_mp_delta(const struct ww_mp_region *r, size_t a, size_t b,
     if (before == after)
         return 0;
     if (a > 0) {
-        unsigned left = ww_mp_kprot(ww_mp_load(r, a - 1));
+        unsigned left = ww_mp_kprot(r, ww_mp_load(r, a - 1));
         d += (left != after) - (left != before);
     }
     if (b < r->npages) {
-        unsigned right = ww_mp_kprot(ww_mp_load(r, b));
+        unsigned right = ww_mp_kprot(r, ww_mp_load(r, b));
         d += (right != after) - (right != before);
     }
     return d;
@@ -205,7 +215,7 @@ static struct ww_mp_region *ww_mp_lookup(uintptr_t addr)
  * no split) and mark all of it written. */
 static int ww_mp_widen(struct ww_mp_region *r, size_t i, unsigned prot)
 {
-    uint8_t clean = WW_MP_BYTE(prot);
+    uint8_t clean = WW_MP_BYTE(r, prot);
     size_t a = i, b = i + 1;
     while (a > 0 && ww_mp_load(r, a - 1) == clean)
         a--;
@@ -235,9 +245,9 @@ static int ww_mp_widen_region(struct ww_mp_region *r)
     if (__atomic_load_n(&ww_mp_vma_limit, __ATOMIC_RELAXED) > ours)
         __atomic_store_n(&ww_mp_vma_limit, ours, __ATOMIC_RELAXED);
     while (a < r->npages) {
-        unsigned prot = WW_MP_PROT(ww_mp_load(r, a));
+        unsigned prot = WW_MP_PROT(r, ww_mp_load(r, a));
         size_t b = a + 1;
-        while (b < r->npages && WW_MP_PROT(ww_mp_load(r, b)) == prot)
+        while (b < r->npages && WW_MP_PROT(r, ww_mp_load(r, b)) == prot)
             b++;
         runs++;
         if (prot & PROT_WRITE) {
@@ -255,8 +265,8 @@ static int ww_mp_widen_region(struct ww_mp_region *r)
     /* A concurrent protect() may have changed protections under us. */
     for (size_t k = 0; k < r->npages; k++) {
         uint8_t now = ww_mp_load(r, k);
-        if ((now & WW_MP_W) && !(WW_MP_PROT(now) & PROT_WRITE))
-            ww_mp_mprotect(r, k, k + 1, WW_MP_PROT(now));
+        if ((now & WW_MP_W) && !(WW_MP_PROT(r, now) & PROT_WRITE))
+            ww_mp_mprotect(r, k, k + 1, WW_MP_PROT(r, now));
     }
     __atomic_add_fetch(&ww_mp_nwidened, 1, __ATOMIC_RELAXED);
     __atomic_store_n(&ww_mp_degraded, 1, __ATOMIC_RELAXED);
@@ -295,7 +305,7 @@ static int ww_mp_resolve(uintptr_t addr)
     size_t i = (addr - r->base) >> r->shift;
     for (int attempt = 0; attempt < 4 && !handled; attempt++) {
         uint8_t b = ww_mp_load(r, i);
-        unsigned prot = WW_MP_PROT(b);
+        unsigned prot = WW_MP_PROT(r, b);
         if (!(prot & PROT_WRITE))
             goto out;                   /* the caller forbade writing: real fault */
         if (b & WW_MP_W) {
@@ -334,10 +344,10 @@ static int ww_mp_resolve(uintptr_t addr)
              * protection while we applied the old one: apply the new. */
             for (int k = 0; k < 4; k++) {
                 uint8_t now = ww_mp_load(r, i);
-                if (WW_MP_PROT(now) == prot)
+                if (WW_MP_PROT(r, now) == prot)
                     break;
-                prot = WW_MP_PROT(now);
-                ww_mp_mprotect(r, i, i + 1, ww_mp_kprot(now));
+                prot = WW_MP_PROT(r, now);
+                ww_mp_mprotect(r, i, i + 1, ww_mp_kprot(r, now));
             }
         }
     }
@@ -481,6 +491,58 @@ static int ww_mp_handler_is_current(void)
     return (cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == ww_mp_handler;
 }
 
+/* ---- the watchdog ----------------------------------------------------------
+ * A SIGSEGV handler installed over ours after a region exists -- Python's
+ * signal.signal(SIGSEGV, f), whose C handler only sets a flag and returns --
+ * never resolves a tracked page's fault: the write faults again, forever,
+ * and the thread spins at 100 % CPU without ever running Python code again.
+ * The control calls put ours back on top, but a thread that only writes
+ * never makes one.  So while regions exist a small thread checks every
+ * WW_MP_WATCH_NS that ours is still the current handler, and if not puts it
+ * back on top, chaining to the newcomer (which then sees every fault that is
+ * not ours, as before).  A write caught in that window resumes within one
+ * period.  The thread takes no lock the handler takes and holds none while
+ * sleeping. */
+#define WW_MP_WATCH_NS 10000000L        /* 10 ms */
+
+static long ww_mp_regions(void);
+
+static void *ww_mp_watchdog(void *arg)
+{
+    (void)arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    for (;;) {
+        struct timespec ts = {0, WW_MP_WATCH_NS};
+        nanosleep(&ts, NULL);
+        if (ww_mp_regions() > 0 && !ww_mp_handler_is_current()) {
+            static int said;
+            if (ww_mp_install() == 0 && !said) {
+                said = 1;               /* once: Python resets handlers at exit too */
+                ww_mp_say("writewatch: another SIGSEGV handler was installed over the "
+                          "mprotect backend's; put back on top, chaining to it\n");
+            }
+        }
+    }
+    return NULL;
+}
+
+/* Start the watchdog once per process (and once more in a fork child). */
+static void ww_mp_watchdog_start(void)
+{
+    if (__atomic_exchange_n(&ww_mp_watchdog_on, 1, __ATOMIC_ACQ_REL))
+        return;
+    pthread_t th;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 64 * 1024);
+    if (pthread_create(&th, &attr, ww_mp_watchdog, NULL) != 0)
+        __atomic_store_n(&ww_mp_watchdog_on, 0, __ATOMIC_RELEASE);  /* tried again later */
+    pthread_attr_destroy(&attr);
+}
+
 /* Lines in /proc/self/maps: the VMAs of the process, or -errno. */
 static long ww_mp_count_vmas(void)
 {
@@ -556,7 +618,7 @@ static void ww_mp_release(struct ww_mp_region *r);
 /* Track [base, base+size), now read/write and never written.  Returns the
  * region or NULL with *err = -errno and *what the failed call. */
 static struct ww_mp_region *ww_mp_arm(uintptr_t base, size_t size, size_t page,
-                                      int *err, const char **what)
+                                      int committed, int *err, const char **what)
 {
     struct ww_mp_region *r;
     unsigned slot;
@@ -566,11 +628,15 @@ static struct ww_mp_region *ww_mp_arm(uintptr_t base, size_t size, size_t page,
         *what = "sigaction(SIGSEGV)";
         return NULL;
     }
+    ww_mp_watchdog_start();
+    /* All zero bytes: every page with the region's first protection (flip),
+     * not written.  calloc of a large state is an mmap whose pages cost
+     * nothing until a write or a commit changes a byte in them. */
     r = calloc(1, sizeof *r);
-    if (r == NULL || (r->state = malloc(size / page)) == NULL) {
+    if (r == NULL || (r->state = calloc(size / page, 1)) == NULL) {
         free(r);
         *err = -ENOMEM;
-        *what = "malloc";
+        *what = "calloc";
         return NULL;
     }
     r->base = base;
@@ -578,7 +644,7 @@ static struct ww_mp_region *ww_mp_arm(uintptr_t base, size_t size, size_t page,
     r->page = page;
     r->shift = (unsigned)__builtin_ctzl(page);
     r->npages = size / page;
-    memset(r->state, WW_MP_BYTE(PROT_READ | PROT_WRITE), r->npages);
+    r->flip = committed ? (unsigned)(PROT_READ | PROT_WRITE) : (unsigned)PROT_NONE;
     pthread_mutex_init(&r->lock, NULL);
 
     /* Reading /proc/self/maps costs milliseconds, so the budget is taken
@@ -596,7 +662,8 @@ static struct ww_mp_region *ww_mp_arm(uintptr_t base, size_t size, size_t page,
     /* A name of its own keeps the kernel from merging the region's VMAs
      * with a neighbour's (needs CONFIG_ANON_VMA_NAME; harmless without). */
     {
-        char name[40] = "writewatch-mprotect-";
+        char *name = r->name;
+        strcpy(name, "writewatch-mprotect-");
         uint64_t seq = __atomic_add_fetch(&ww_mp_name_seq, 1, __ATOMIC_RELAXED);
         char digits[24];
         int nd = 0;
@@ -629,6 +696,8 @@ static struct ww_mp_region *ww_mp_arm(uintptr_t base, size_t size, size_t page,
         __atomic_store_n(&ww_mp_hwm, slot + 1, __ATOMIC_RELEASE);
     ww_mp_unlock();
 
+    if (!committed)
+        return r;                   /* PROT_NONE already; commits arm */
     /* Fault one page in first, so the whole mapping gets its anon_vma now.
      * Otherwise every page first written after a split gets one of its own,
      * and the kernel can never merge the VMAs again once they are re-armed
@@ -734,11 +803,11 @@ static int ww_mp_span_flush(struct ww_mp_region *r, struct ww_mp_span *s)
     /* VMAs: the 2 (runs - 1) boundaries inside go, the edges may change. */
     long d = -2 * (long)(s->runs - 1);
     if (s->a > 0) {
-        unsigned left = ww_mp_kprot(ww_mp_load(r, s->a - 1));
+        unsigned left = ww_mp_kprot(r, ww_mp_load(r, s->a - 1));
         d += (left != clean) - (left != prot);
     }
     if (s->b < r->npages) {
-        unsigned right = ww_mp_kprot(ww_mp_load(r, s->b));
+        unsigned right = ww_mp_kprot(r, ww_mp_load(r, s->b));
         d += (right != clean) - (right != prot);
     }
     int rc = ww_mp_over_budget(d) ? -ENOMEM : ww_mp_mprotect(r, s->a, s->b, clean);
@@ -777,7 +846,7 @@ static int ww_mp_scan(struct ww_mp_region *r, uintptr_t start, uintptr_t end, in
             break;
         /* A run of written pages with one protection, no longer than the room. */
         uint8_t b0 = ww_mp_load(r, i);
-        unsigned prot = WW_MP_PROT(b0);
+        unsigned prot = WW_MP_PROT(r, b0);
         size_t j = i;
         while (j < e && (buf == NULL || *n < limit) && ww_mp_load(r, j) == b0) {
             if (buf)
@@ -788,7 +857,7 @@ static int ww_mp_scan(struct ww_mp_region *r, uintptr_t start, uintptr_t end, in
             for (size_t k = i; k < j; k++)
                 __atomic_fetch_and(&r->state[k], (uint8_t)~WW_MP_W, __ATOMIC_ACQ_REL);
             if (span.open && span.prot == prot &&
-                ww_mp_all_clean(r, span.b, i, WW_MP_BYTE(prot))) {
+                ww_mp_all_clean(r, span.b, i, WW_MP_BYTE(r, prot))) {
                 span.b = j;
                 span.runs++;
             } else {
@@ -844,13 +913,13 @@ static int ww_mp_protect(struct ww_mp_region *r, uintptr_t start, uintptr_t end,
         size_t j = i + 1;
         while (j < e && ww_mp_load(r, j) == b0)
             j++;
-        unsigned before = ww_mp_kprot(b0);
+        unsigned before = ww_mp_kprot(r, b0);
         unsigned after = (b0 & WW_MP_W) ? newp : (newp & ~(unsigned)PROT_WRITE);
         long d = ww_mp_delta(r, i, j, before, after);
         for (size_t k = i; k < j; k++) {
             uint8_t cur = ww_mp_load(r, k), want;
             do {
-                want = (uint8_t)((cur & WW_MP_W) | WW_MP_BYTE(newp));
+                want = (uint8_t)((cur & WW_MP_W) | WW_MP_BYTE(r, newp));
             } while (!__atomic_compare_exchange_n(&r->state[k], &cur, want, 0,
                                                   __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
         }
@@ -868,6 +937,96 @@ static int ww_mp_protect(struct ww_mp_region *r, uintptr_t start, uintptr_t end,
         }
         ww_mp_account(r, d);
         i = j;
+    }
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+/* Apply every page's kernel protection again over [start, end), run by
+ * run of equal state: write permission taken from the clean pages, given to
+ * the written ones.  Heals what a program's own mprotect() of tracked pages
+ * did behind our back.  Forgets nothing (the state bytes stay). */
+static int ww_mp_rearm(struct ww_mp_region *r, uintptr_t start, uintptr_t end,
+                       const char **what)
+{
+    size_t i = (start - r->base) >> r->shift, e = (end - r->base) >> r->shift;
+    int rc = 0;
+    pthread_mutex_lock(&r->lock);
+    while (i < e) {
+        uint8_t b0 = ww_mp_load(r, i);
+        size_t j = i + 1;
+        while (j < e && ww_mp_load(r, j) == b0)
+            j++;
+        rc = ww_mp_mprotect(r, i, j, ww_mp_kprot(r, b0));
+        if (rc < 0) {
+            *what = "mprotect";
+            break;
+        }
+        i = j;
+    }
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+/* Win32 commit of reserved [start, end): clean pages with protection prot
+ * (kernel protection without write permission). */
+static int ww_mp_commit(struct ww_mp_region *r, uintptr_t start, uintptr_t end, int prot,
+                        const char **what)
+{
+    size_t i = (start - r->base) >> r->shift, e = (end - r->base) >> r->shift;
+    int rc;
+    pthread_mutex_lock(&r->lock);
+    long d = ww_mp_delta(r, i, e, PROT_NONE, (unsigned)prot & ~(unsigned)PROT_WRITE);
+    for (size_t k = i; k < e; k++)
+        __atomic_store_n(&r->state[k], WW_MP_BYTE(r, prot), __ATOMIC_RELEASE);
+    rc = ww_mp_mprotect(r, i, e, (unsigned)prot & ~(unsigned)PROT_WRITE);
+    if (rc < 0) {
+        for (size_t k = i; k < e; k++)
+            __atomic_store_n(&r->state[k], WW_MP_BYTE(r, PROT_NONE), __ATOMIC_RELEASE);
+        *what = "mprotect";
+    } else {
+        ww_mp_account(r, d);
+    }
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+/* Win32 decommit of [start, end): no access, contents dropped, not
+ * written.  A fresh PROT_NONE mapping replaces the range, which gives back
+ * the page tables its written pages filled (MADV_DONTNEED keeps them); it
+ * gets the region's VMA name again. */
+static int ww_mp_decommit(struct ww_mp_region *r, uintptr_t start, uintptr_t end,
+                          const char **what)
+{
+    size_t i = (start - r->base) >> r->shift, e = (end - r->base) >> r->shift;
+    int rc;
+    pthread_mutex_lock(&r->lock);
+    long d = 0;
+    /* VMAs: each run's protection becomes PROT_NONE. */
+    for (size_t a = i; a < e;) {
+        uint8_t b0 = ww_mp_load(r, a);
+        size_t b = a + 1;
+        while (b < e && ww_mp_load(r, b) == b0)
+            b++;
+        d += ww_mp_delta(r, a, b, ww_mp_kprot(r, b0), PROT_NONE);
+        a = b;
+    }
+    rc = ww_mp_mprotect(r, i, e, PROT_NONE);
+    if (rc < 0) {
+        *what = "mprotect";
+    } else {
+        for (size_t k = i; k < e; k++)
+            __atomic_store_n(&r->state[k], WW_MP_BYTE(r, PROT_NONE), __ATOMIC_RELEASE);
+        ww_mp_account(r, d);
+        void *p = mmap((void *)start, end - start, PROT_NONE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+        if (p == MAP_FAILED) {
+            rc = -errno;
+            *what = "mmap(MAP_FIXED, PROT_NONE)";
+        } else {
+            madvise(p, end - start, MADV_NOHUGEPAGE);
+            prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, start, end - start, r->name);
+        }
     }
     pthread_mutex_unlock(&r->lock);
     return rc;

@@ -260,8 +260,11 @@ out:
     return rc;
 }
 
-/* Win32 decommit: MADV_DONTNEED takes the pages and their soft-dirty bits;
- * clear what r->soft remembers of them. */
+/* Discard (and, after an mprotect(PROT_NONE), Win32 decommit):
+ * MADV_DONTNEED takes the pages and their soft-dirty bits; clear what
+ * r->soft remembers of them.  (This backend fills no page tables when it
+ * arms, and a fresh mapping in their place would be flagged soft-dirty
+ * whole, so the mapping stays.) */
 static int ww_sd_discard(ww_sd_region *r, uintptr_t start, uintptr_t end, const char **what)
 {
     int rc = 0;
@@ -269,6 +272,23 @@ static int ww_sd_discard(ww_sd_region *r, uintptr_t start, uintptr_t end, const 
     if (madvise((void *)start, end - start, MADV_DONTNEED) != 0) {
         rc = -errno;
         *what = "madvise(MADV_DONTNEED)";
+    } else {
+        ww_sd_clear_bits(r->soft, (start - r->base) >> r->shift, (end - r->base) >> r->shift);
+    }
+    pthread_mutex_unlock(&ww_sd_mu);
+    return rc;
+}
+
+/* Win32 commit of reserved [start, end): open it with prot; its pages
+ * were never touched (or dropped by a decommit), so nothing is written. */
+static int ww_sd_commit(ww_sd_region *r, uintptr_t start, uintptr_t end, int prot,
+                        const char **what)
+{
+    int rc = 0;
+    pthread_mutex_lock(&ww_sd_mu);
+    if (mprotect((void *)start, end - start, prot) != 0) {
+        rc = -errno;
+        *what = "mprotect";
     } else {
         ww_sd_clear_bits(r->soft, (start - r->base) >> r->shift, (end - r->base) >> r->shift);
     }

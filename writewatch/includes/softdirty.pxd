@@ -16,5 +16,7 @@ cdef extern from "softdirty.h" nogil:
                       uint64_t *buf, size_t *n, size_t limit, const char **what)
     int ww_sd_discard(ww_sd_region *r, uintptr_t start, uintptr_t end,
                       const char **what)
+    int ww_sd_commit(ww_sd_region *r, uintptr_t start, uintptr_t end, int prot,
+                     const char **what)
     int ww_sd_page_bit(uintptr_t addr, size_t page)
     int ww_sd_clear_all(const char **what)

@@ -59,6 +59,7 @@ cdef extern from "compat.h" nogil:
     unsigned long UFFDIO_REGISTER
     unsigned long UFFDIO_UNREGISTER
     unsigned long UFFDIO_WRITEPROTECT
+    unsigned long UFFDIO_WAKE
     uint64_t UFFDIO_REGISTER_MODE_WP
     uint64_t UFFDIO_WRITEPROTECT_MODE_WP
     uint64_t UFFD_FEATURE_WP_ASYNC
@@ -74,6 +75,8 @@ cdef extern from "compat.h" nogil:
     int ww_pagemap_fd()
     long ww_ioctl(int fd, unsigned long req, void *arg)
     int ww_userfaultfd(int flags)
+    int ww_async_uffd(const char **what)
+    int ww_async_uffd_lost(int fd)
     void ww_touch_page(uintptr_t addr)
 
 
@@ -85,7 +88,7 @@ cdef extern from "<sys/mman.h>" nogil:
     int msync(void *addr, size_t length, int flags)
     void *MAP_FAILED
     int PROT_NONE, PROT_READ, PROT_WRITE, PROT_EXEC
-    int MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE
+    int MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE, MAP_FIXED
     int MADV_DONTNEED
     int MS_ASYNC
 

@@ -17,12 +17,18 @@ cdef extern from "uffd_thread.h" nogil:
     ww_uffd_region *ww_uffd_region_new()
     void ww_uffd_region_free(ww_uffd_region *r)
     int ww_uffd_arm(ww_uffd_region *r, uintptr_t base, size_t size, size_t page,
-                    const char **what)
+                    int committed, const char **what)
     void ww_uffd_detach(ww_uffd_region *r)
     int ww_uffd_collect(ww_uffd_region *r, uintptr_t start, uintptr_t end, int reset,
                         uint64_t *buf, size_t *n, size_t limit, const char **what)
     int ww_uffd_discard(ww_uffd_region *r, uintptr_t start, uintptr_t end,
                         const char **what)
+    int ww_uffd_rearm(ww_uffd_region *r, uintptr_t start, uintptr_t end, int forget,
+                      const char **what)
+    int ww_uffd_commit(ww_uffd_region *r, uintptr_t start, uintptr_t end, int prot,
+                       const char **what)
+    int ww_uffd_decommit(ww_uffd_region *r, uintptr_t start, uintptr_t end,
+                         const char **what)
     int ww_uffd_write_in_thread(ww_uffd_region *r, uintptr_t addr, int timeout_ms)
     void ww_uffd_set_hold(int on)
 

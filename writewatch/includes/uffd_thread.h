@@ -478,13 +478,61 @@ static ww_uffd_region *ww_uffd_region_new(void)
 
 static void ww_uffd_detach(ww_uffd_region *r);
 
-/* Register and write-protect [base, base+size), freshly mapped and empty. */
-static int ww_uffd_arm(ww_uffd_region *r, uintptr_t base, size_t size, size_t page,
-                       const char **what)
+/* Register and write-protect [start, end) of r: its pages fault on their
+ * next write.  Called for a whole fresh region, and for each commit of a
+ * reservation (the range is then a fresh PROT_NONE mapping, not registered).
+ * On failure nothing in the range stays registered. */
+static int ww_uffd_register_range(ww_uffd_region *r, uintptr_t start, uintptr_t end,
+                                  const char **what)
 {
     struct uffdio_register reg;
-    int rc;
+    struct uffdio_range range;
     long lrc;
+    int rc, fd = ww_uffd.fd, mode = ww_uffd.mode;
+    reg.range.start = start;
+    reg.range.len = end - start;
+    reg.mode = UFFDIO_REGISTER_MODE_WP;
+    if (mode == WW_UFFD_MISSING)
+        reg.mode |= UFFDIO_REGISTER_MODE_MISSING;
+    reg.ioctls = 0;
+    lrc = ww_ioctl(fd, UFFDIO_REGISTER, &reg);
+    if (lrc < 0) {
+        *what = mode == WW_UFFD_MISSING ? "ioctl(UFFDIO_REGISTER) mode MISSING|WP"
+                                        : "ioctl(UFFDIO_REGISTER) mode WP";
+        return (int)lrc;
+    }
+    r->registered = 1;
+    if (!(reg.ioctls & ((uint64_t)1 << _UFFDIO_WRITEPROTECT))
+        || (mode == WW_UFFD_MISSING && !(reg.ioctls & ((uint64_t)1 << _UFFDIO_COPY)))) {
+        *what = "ioctl(UFFDIO_REGISTER): no UFFDIO_WRITEPROTECT on anonymous memory";
+        rc = -ENOTSUP;
+        goto undo;
+    }
+    /* Markers mode: installs a marker on every empty page (fills the page
+     * tables: ~2 MiB and a few ms per GiB).  Missing mode: protects any page
+     * already present (none, in a fresh range); empty pages fault anyway. */
+    rc = ww_uffd_wp(fd, start, end - start, 1);
+    if (rc < 0) {
+        *what = "ioctl(UFFDIO_WRITEPROTECT)";
+        goto undo;
+    }
+    return 0;
+undo:
+    range.start = start;
+    range.len = end - start;
+    ww_ioctl(fd, UFFDIO_UNREGISTER, &range);
+    return rc;
+}
+
+/* Set up r for [base, base+size), freshly mapped and empty: in the table,
+ * with a bitmap; committed: registered and protected whole.  A reservation
+ * (committed 0) is registered piecewise by ww_uffd_commit().  The bitmap is
+ * calloc'd: for a large reservation that is an mmap whose pages cost
+ * nothing until a bit is set in them. */
+static int ww_uffd_arm(ww_uffd_region *r, uintptr_t base, size_t size, size_t page,
+                       int committed, const char **what)
+{
+    int rc;
     r->base = base;
     r->end = base + size;
     r->page = page;
@@ -504,42 +552,14 @@ static int ww_uffd_arm(ww_uffd_region *r, uintptr_t base, size_t size, size_t pa
         if (rc < 0)
             *what = "realloc";
     }
-    int fd = ww_uffd.fd, mode = ww_uffd.mode;
     pthread_mutex_unlock(&ww_uffd.mu);
     if (rc < 0)
         return rc;
-
-    reg.range.start = base;
-    reg.range.len = size;
-    reg.mode = UFFDIO_REGISTER_MODE_WP;
-    if (mode == WW_UFFD_MISSING)
-        reg.mode |= UFFDIO_REGISTER_MODE_MISSING;
-    reg.ioctls = 0;
-    lrc = ww_ioctl(fd, UFFDIO_REGISTER, &reg);
-    if (lrc < 0) {
-        *what = mode == WW_UFFD_MISSING ? "ioctl(UFFDIO_REGISTER) mode MISSING|WP"
-                                        : "ioctl(UFFDIO_REGISTER) mode WP";
-        rc = (int)lrc;
-        goto fail;
-    }
-    r->registered = 1;
-    if (!(reg.ioctls & ((uint64_t)1 << _UFFDIO_WRITEPROTECT))
-        || (mode == WW_UFFD_MISSING && !(reg.ioctls & ((uint64_t)1 << _UFFDIO_COPY)))) {
-        *what = "ioctl(UFFDIO_REGISTER): no UFFDIO_WRITEPROTECT on anonymous memory";
-        rc = -ENOTSUP;
-        goto fail;
-    }
-    /* Markers mode: installs a marker on every empty page (fills the page
-     * tables: ~2 MiB and a few ms per GiB).  Missing mode: protects any page
-     * already present (none, in a fresh region); empty pages fault anyway. */
-    rc = ww_uffd_wp(fd, base, size, 1);
-    if (rc < 0) {
-        *what = "ioctl(UFFDIO_WRITEPROTECT)";
-        goto fail;
-    }
-    return 0;
-fail:
-    ww_uffd_detach(r);
+    if (!committed)
+        return 0;
+    rc = ww_uffd_register_range(r, base, base + size, what);
+    if (rc < 0)
+        ww_uffd_detach(r);
     return rc;
 }
 
@@ -596,7 +616,7 @@ static inline size_t ww_next_set(const uint64_t *bits, size_t i, size_t end)
 /* Write-protect the runs of idx[0..k) (ascending page numbers), then clear
  * their bits: (R1) then (R2).  r->lock held.  0 or -errno; on failure no
  * bit is cleared (a protected page with its bit set is merely reported). */
-static int ww_uffd_rearm(ww_uffd_region *r, int fd, const uint32_t *idx, size_t k,
+static int ww_uffd_reprotect(ww_uffd_region *r, int fd, const uint32_t *idx, size_t k,
                          size_t off, const char **what)
 {
     size_t a = 0;
@@ -640,7 +660,7 @@ static int ww_uffd_collect(ww_uffd_region *r, uintptr_t start, uintptr_t end, in
             i++;
         }
         if (reset && k) {
-            int rc = ww_uffd_rearm(r, fd, idx, k, p, what);
+            int rc = ww_uffd_reprotect(r, fd, idx, k, p, what);
             if (rc < 0) {
                 pthread_mutex_unlock(&r->lock);
                 return rc;
@@ -681,6 +701,83 @@ static int ww_uffd_discard(ww_uffd_region *r, uintptr_t start, uintptr_t end,
         for (size_t i = first; i < last; i++)
             __atomic_fetch_and(&r->bits[i >> 6], ~((uint64_t)1 << (i & 63)), __ATOMIC_SEQ_CST);
     pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+static void ww_uffd_clear_bits(ww_uffd_region *r, uintptr_t start, uintptr_t end)
+{
+    size_t first = (start - r->base) >> r->shift;
+    size_t last = (end - r->base) >> r->shift;
+    for (size_t i = first; i < last; i++)
+        __atomic_fetch_and(&r->bits[i >> 6], ~((uint64_t)1 << (i & 63)), __ATOMIC_SEQ_CST);
+}
+
+/* Write-protect all of [start, end) again -- pages, and (markers mode) the
+ * empty ones, whose markers a program's MADV_DONTNEED may have dropped --
+ * and, with forget, clear its bits.  Under r->lock, so that no fault is
+ * resolved half-way (the handler's (H1, H2) against this).  Without forget
+ * nothing is lost: a page protected here with its bit set is reported all
+ * the same, and its next write faults once more. */
+static int ww_uffd_rearm(ww_uffd_region *r, uintptr_t start, uintptr_t end, int forget,
+                         const char **what)
+{
+    int rc;
+    pthread_mutex_lock(&r->lock);
+    rc = ww_uffd_wp(ww_uffd.fd, start, end - start, 1);
+    if (rc < 0)
+        *what = "ioctl(UFFDIO_WRITEPROTECT)";
+    else if (forget)
+        ww_uffd_clear_bits(r, start, end);
+    pthread_mutex_unlock(&r->lock);
+    return rc;
+}
+
+/* Win32 commit of [start, end), a reserved (PROT_NONE, unregistered) part
+ * of r: register and protect it while still inaccessible, then open it with
+ * prot.  Its bits are clear (a decommit cleared them). */
+static int ww_uffd_commit(ww_uffd_region *r, uintptr_t start, uintptr_t end, int prot,
+                          const char **what)
+{
+    int rc = ww_uffd_register_range(r, start, end, what);
+    if (rc < 0)
+        return rc;
+    if (prot != PROT_NONE && mprotect((void *)start, end - start, prot) != 0) {
+        struct uffdio_range range;
+        rc = -errno;
+        range.start = start;
+        range.len = end - start;
+        ww_ioctl(ww_uffd.fd, UFFDIO_UNREGISTER, &range);
+        mprotect((void *)start, end - start, PROT_NONE);
+        *what = "mprotect";
+        return rc;
+    }
+    return 0;
+}
+
+/* Win32 decommit: a fresh PROT_NONE mapping replaces [start, end) -- pages,
+ * registration, markers and the page tables they filled go with the old one
+ * -- and its bits are cleared.  Under r->lock, as a discard. */
+static int ww_uffd_decommit(ww_uffd_region *r, uintptr_t start, uintptr_t end,
+                            const char **what)
+{
+    int rc = 0;
+    pthread_mutex_lock(&r->lock);
+    void *p = mmap((void *)start, end - start, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+    if (p == MAP_FAILED) {
+        rc = -errno;
+        *what = "mmap(MAP_FIXED, PROT_NONE)";
+    } else {
+        madvise(p, end - start, MADV_NOHUGEPAGE);
+        ww_uffd_clear_bits(r, start, end);
+    }
+    pthread_mutex_unlock(&r->lock);
+    /* Threads blocked on a fault there (none should be: the pages were
+     * being decommitted) retry against the new, inaccessible mapping. */
+    struct uffdio_range range;
+    range.start = start;
+    range.len = end - start;
+    ww_ioctl(ww_uffd.fd, UFFDIO_WAKE, &range);
     return rc;
 }
 
