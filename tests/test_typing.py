@@ -1,4 +1,4 @@
-"""The type stubs of the extension (writewatch/_core.pyi, _errors.pyi):
+"""The type stubs (writewatch/_core.pyi, _errors.pyi, _types.pyi):
 
 * mypy's stubtest finds them true to the extension at run time: every
   public name, argument, default and keyword-only marker;
@@ -33,6 +33,8 @@ STUBTEST_ALLOWLIST = """\
 # memoryview(region).
 writewatch._core.Region.__buffer__
 writewatch._core.Region.__release_buffer__
+# The backends' base class: C hooks only, nothing to call from Python.
+writewatch._core.Engine
 # Cython's own module attributes
 writewatch._core.__reduce_cython__
 writewatch._core.__setstate_cython__
@@ -88,7 +90,8 @@ def test_stubs_match_the_extension(mypy):
     # --ignore-disjoint-bases: marking Region @disjoint_base (PEP 800) would
     # need a mypy that knows it to read the stubs at all.
     status, out = mypy("--ignore-disjoint-bases", "--allowlist", str(allowlist),
-                       "writewatch._core", "writewatch._errors", module="mypy.stubtest")
+                       "writewatch._core", "writewatch._errors", "writewatch._types",
+                       module="mypy.stubtest")
     assert status == 0, out
 
 
@@ -125,5 +128,5 @@ def test_mypy_strict_passes_on_the_example_and_flags_wrong_calls(mypy):
 def test_stubs_are_shipped():
     """The stubs and py.typed sit next to the extension that was imported."""
     here = os.path.dirname(writewatch.__file__)
-    for name in ("_core.pyi", "_errors.pyi", "py.typed"):
+    for name in ("_core.pyi", "_errors.pyi", "_types.pyi", "py.typed"):
         assert os.path.isfile(os.path.join(here, name)), name

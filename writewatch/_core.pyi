@@ -6,8 +6,9 @@
 # Keep them in step with the .pxi files: a new public function, class or
 # argument is added here in the same commit.
 
+from collections.abc import Iterable
 from types import TracebackType
-from typing import Literal, NamedTuple, SupportsIndex
+from typing import Literal, SupportsIndex
 
 import numpy as np
 import numpy.typing as npt
@@ -19,19 +20,13 @@ from writewatch._errors import (
     WriteWatchError as WriteWatchError,
     syscall_error as syscall_error,
 )
+from writewatch._types import BackendInfo as BackendInfo
 
 PAGE_SIZE: int
 """The system's page size in bytes, the unit of tracking."""
 
 BACKEND_NAMES: tuple[str, ...]
 """Every backend writewatch knows, in order of preference."""
-
-class BackendInfo(NamedTuple):
-    """A backend, whether it can run here, and why (not)."""
-
-    name: str
-    available: bool
-    reason: str
 
 def backends() -> list[BackendInfo]:
     """Every backend in preference order, as BackendInfo(name, available, reason)."""
@@ -94,18 +89,24 @@ class Region:
     def __buffer__(self, flags: int, /) -> memoryview: ...
     def __release_buffer__(self, buffer: memoryview, /) -> None: ...
 
-    # Hooks for writewatch.win32, not public API.
-    def _protect(self, address: SupportsIndex, size: SupportsIndex, prot: int) -> None: ...
-    def _discard(self, address: SupportsIndex, size: SupportsIndex) -> None: ...
+class WriteWatchManyError(OSError):
+    """get_write_watch_many() failed for some regions."""
+
+    results: list[npt.NDArray[np.uint64] | None]
+    """Every region's answer, in the order given; None where it failed."""
+    failures: dict[int, OSError]
+    """The error of each failed region, by position."""
+
+def get_write_watch_many(
+    regions: Iterable[Region], *, reset: bool = False
+) -> list[npt.NDArray[np.uint64]]:
+    """The written pages of each region, in one call: for each region in the
+    order given, what region.get_write_watch(reset=reset) would return."""
 
 # Still to come, each stubbed here (or in Region above, for a method) in the
-# commit that adds it to the extension: the batch call get_write_watch_many,
-# Snapshots and DeltaLog.
-
-# -- internal, used by writewatch's own modules; not public API --------------
-
-class Engine:
-    """Base class of the backends' engines (C hooks only)."""
-
-def _array_address(a: npt.NDArray[np.generic]) -> int: ...
-def _uffd_features() -> int: ...
+# commit that makes it public: Snapshots and DeltaLog (their machinery, the
+# internal _Tracker, is in the extension already).
+#
+# Names starting with an underscore (the hooks of writewatch.win32 and of
+# the tests) are left out on purpose: they are not API, and stubtest does
+# not ask for them.
