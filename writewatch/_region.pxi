@@ -50,12 +50,17 @@ cdef enum:                 # Region._range_op
 # which are write-watched too.  The old region is then marked lost.
 cdef list _live_bases = []
 cdef dict _live = {}
+# C statics, not module attributes: a Region deallocated while the
+# interpreter shuts down (its module dict already cleared) still finds them.
+cdef object _bisect_left = bisect.bisect_left
+cdef object _bisect_right = bisect.bisect_right
+cdef object _insort = bisect.insort
 
 
 cdef _claim_range(Region region):
     cdef uintptr_t base = region._base
     cdef uintptr_t end = region._base + region._size
-    cdef Py_ssize_t j = bisect.bisect_right(_live_bases, base) - 1
+    cdef Py_ssize_t j = _bisect_right(_live_bases, base) - 1
     if j < 0:
         j = 0
     while j < len(_live_bases) and _live_bases[j] < end:
@@ -70,7 +75,7 @@ cdef _claim_range(Region region):
                 (<Region>other)._engine.detach()
         else:
             j += 1
-    bisect.insort(_live_bases, base)
+    _insort(_live_bases, base)
     _live[base] = weakref.ref(region)
 
 
@@ -81,7 +86,7 @@ cdef _release_range(Region region):
     # In __dealloc__ the weak reference is already dead.
     if ref is not None and ref() in (region, None):
         del _live[region._base]
-        del _live_bases[bisect.bisect_left(_live_bases, region._base)]
+        del _live_bases[_bisect_left(_live_bases, region._base)]
 
 
 cdef inline size_t _round_up(size_t x, size_t page) noexcept nogil:
