@@ -418,6 +418,7 @@ struct ww_wine {
     uint8_t *written, *seen;    /* per page: written by a writer; reported */
     uint64_t *out;
     uint64_t rng;
+    uint64_t reported;          /* pages the timed calls reported, all runs */
 };
 
 struct wine_start {
@@ -431,9 +432,16 @@ struct wine_writer {
     volatile char *base;
     const size_t *offs;
     size_t n;
-    uint64_t end_ns;
+    uint64_t end_ns, cpu_ns;
     struct wine_start *start;
 };
+
+static uint64_t cpu_clock_ns(clockid_t clock)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 static void *wine_write(void *p)
 {
@@ -444,12 +452,20 @@ static void *wine_write(void *p)
         pthread_cond_wait(&s->cond, &s->lock);
     int abort = s->abort;
     pthread_mutex_unlock(&s->lock);
+    uint64_t c0 = cpu_clock_ns(CLOCK_THREAD_CPUTIME_ID);
     if (!abort)
         for (size_t i = 0; i < w->n; i++)
             w->base[w->offs[i]] = (char)i;
+    w->cpu_ns = cpu_clock_ns(CLOCK_THREAD_CPUTIME_ID) - c0;
     w->end_ns = now_ns();
     __atomic_add_fetch(&s->finished, 1, __ATOMIC_RELEASE);
     return NULL;
+}
+
+/* Pages reported by the timed calls of every run so far. */
+uint64_t ww_floor_wine_reported(struct ww_wine *w)
+{
+    return w->reported;
 }
 
 void ww_floor_wine_free(struct ww_wine *w)
@@ -509,12 +525,15 @@ static void wine_mark(struct ww_wine *w, long n)
 }
 
 /* One run.  *wall_ns: from the writers' start to the last writer's end;
- * call_ns[]: each get-and-reset made while writers were running (the first
- * max_calls are kept; *ncalls says how many were made).  Every page written
- * must have been reported by one of the calls or by a last one after the
- * run, and no other page. */
+ * *cpu_ns: the CPU time the writers used in all; *proc_ns: the CPU time the
+ * whole process used meanwhile (writers, faults, calls); call_ns[]: each
+ * get-and-reset made while writers were running (the first max_calls are
+ * kept; *ncalls says how many were made).  Every page written must have been
+ * reported by one of the calls or by a last one after the run, and no other
+ * page. */
 int ww_floor_wine_run(struct ww_wine *w, unsigned delay_us, uint64_t *wall_ns,
-                      uint64_t *call_ns, size_t max_calls, size_t *ncalls)
+                      uint64_t *cpu_ns, uint64_t *proc_ns, uint64_t *call_ns,
+                      size_t max_calls, size_t *ncalls)
 {
     size_t total = (size_t)w->threads * w->writes, calls = 0;
     uintptr_t base = (uintptr_t)w->r.base, end = base + w->r.size;
@@ -523,7 +542,7 @@ int ww_floor_wine_run(struct ww_wine *w, unsigned delay_us, uint64_t *wall_ns,
     struct timespec nap = { .tv_sec = delay_us / 1000000,
                             .tv_nsec = (long)(delay_us % 1000000) * 1000 };
     int started = 0, rc = -1;
-    uint64_t t0 = 0, t1 = 0;
+    uint64_t t0 = 0, t1 = 0, cpu = 0, p0 = 0, p1 = 0;
     if (!ws)
         return fail("malloc");
     memset(w->written, 0, w->pages);
@@ -547,6 +566,7 @@ int ww_floor_wine_run(struct ww_wine *w, unsigned delay_us, uint64_t *wall_ns,
     pthread_mutex_lock(&s.lock);
     s.go = 1;
     s.abort = started < w->threads;
+    p0 = cpu_clock_ns(CLOCK_PROCESS_CPUTIME_ID);
     t0 = now_ns();
     pthread_cond_broadcast(&s.cond);
     pthread_mutex_unlock(&s.lock);
@@ -564,6 +584,7 @@ int ww_floor_wine_run(struct ww_wine *w, unsigned delay_us, uint64_t *wall_ns,
         if (calls < max_calls)
             call_ns[calls] = c1 - c0;
         calls++;
+        w->reported += (uint64_t)got;
         wine_mark(w, got);
     }
     rc = 0;
@@ -572,7 +593,9 @@ join:
         pthread_join(ws[i].thread, NULL);
         if (ws[i].end_ns > t1)
             t1 = ws[i].end_ns;
+        cpu += ws[i].cpu_ns;
     }
+    p1 = cpu_clock_ns(CLOCK_PROCESS_CPUTIME_ID);
     free(ws);
     if (rc < 0)
         return rc;
@@ -587,6 +610,8 @@ join:
             return -1;
         }
     *wall_ns = t1 - t0;
+    *cpu_ns = cpu;
+    *proc_ns = p1 - p0;
     *ncalls = calls;
     return 0;
 }
@@ -1513,24 +1538,29 @@ static int run_wine(size_t threads, size_t pages, size_t delay_us, size_t writes
 {
     struct ww_wine *w = ww_floor_wine_new((int)threads, pages, writes, 0x5eed);
     uint64_t *per_write = malloc(max_reps * sizeof *per_write);
-    size_t max_calls = 100000, ncalls = 0, calls_kept = 0;
+    uint64_t *cpu_write = malloc(max_reps * sizeof *cpu_write);
+    double busy_sum = 0;
+    size_t max_calls = 100000, ncalls = 0, calls_kept = 0, calls_made = 0;
     uint64_t *call_ns = malloc(max_calls * sizeof *call_ns);
     int cpus = ww_floor_cpus(), rc = -1;
     size_t busy = threads < (size_t)cpus ? threads : (size_t)cpus;
     long reps = 0;
     if (!w)
         goto done;
-    if (!per_write || !call_ns) {
+    if (!per_write || !cpu_write || !call_ns) {
         fail("malloc");
         goto done;
     }
     uint64_t started = now_ns();
     while (keep_going(reps, started)) {
-        uint64_t wall;
-        if (ww_floor_wine_run(w, (unsigned)delay_us, &wall, call_ns + calls_kept,
+        uint64_t wall, cpu, proc;
+        if (ww_floor_wine_run(w, (unsigned)delay_us, &wall, &cpu, &proc, call_ns + calls_kept,
                               max_calls - calls_kept, &ncalls) < 0)
             goto done;
+        cpu_write[reps] = proc / (threads * writes);
+        busy_sum += wall ? (double)cpu / wall : 0;
         calls_kept += ncalls < max_calls - calls_kept ? ncalls : max_calls - calls_kept;
+        calls_made += ncalls;
         /* The writers' share of the machine: the run's wall time times the
          * CPUs they can use, per write. */
         per_write[reps++] = wall * busy / (threads * writes);
@@ -1538,20 +1568,27 @@ static int run_wine(size_t threads, size_t pages, size_t delay_us, size_t writes
     char fields[320];
     snprintf(fields, sizeof fields,
              "\"workload\": \"wine\", \"metric\": \"write\", \"threads\": %zu, \"pages\": %zu, "
-             "\"delay_us\": %zu, \"writes\": %zu, \"cpus\": %d", threads, pages, delay_us,
-             writes, cpus);
+             "\"delay_us\": %zu, \"writes\": %zu, \"cpus\": %d, \"writer_cpus\": %.2f",
+             threads, pages, delay_us, writes, cpus, reps ? busy_sum / reps : 0.0);
     print_result(fields, "write", per_write, reps, 1);
+    snprintf(fields, sizeof fields,
+             "\"workload\": \"wine\", \"metric\": \"write_cpu\", \"threads\": %zu, "
+             "\"pages\": %zu, \"delay_us\": %zu, \"writes\": %zu, \"cpus\": %d",
+             threads, pages, delay_us, writes, cpus);
+    print_result(fields, "write", cpu_write, reps, 1);
     if (calls_kept) {
         snprintf(fields, sizeof fields,
                  "\"workload\": \"wine\", \"metric\": \"call\", \"threads\": %zu, "
-                 "\"pages\": %zu, \"delay_us\": %zu, \"writes\": %zu, \"cpus\": %d",
-                 threads, pages, delay_us, writes, cpus);
+                 "\"pages\": %zu, \"delay_us\": %zu, \"writes\": %zu, \"cpus\": %d, "
+                 "\"pages_per_call\": %.1f", threads, pages, delay_us, writes, cpus,
+                 (double)ww_floor_wine_reported(w) / (double)calls_made);
         print_result(fields, "call", call_ns, (long)calls_kept, 1);
     }
     rc = 0;
 done:
     ww_floor_wine_free(w);
     free(per_write);
+    free(cpu_write);
     free(call_ns);
     return rc;
 }
