@@ -427,6 +427,7 @@ class WinePattern:
         self.writer_cpus = self.cpu_per_write = None
         self.runs = 0
         self.reported = 0           # pages the timed calls reported
+        self._start_writers()
 
     def _get(self, seen):
         w = self.w
@@ -438,58 +439,74 @@ class WinePattern:
         seen[(self.buf[:count] - np.uint64(self.base)) // np.uint64(PAGE)] = True
         return count
 
-    def run(self):
-        """One run: (wall ns, [ns of each GetWriteWatch made while writers ran])."""
-        chosen = self.rng.integers(0, self.pages, size=(self.threads, self.writes))
-        offsets = write_offsets(chosen)
-        written = np.zeros(self.pages, dtype=bool)
-        written[chosen.ravel()] = True
-        seen = np.zeros(self.pages, dtype=bool)
-        start = threading.Event()
-        ends = [0] * self.threads
-        cpu = [0] * self.threads
-        failures = []
-        u8 = self.u8
-        self.runs += 1
-        value = (self.runs & 0x7F) | 1
+    def _start_writers(self):
+        """The writer threads, made once: a run wakes them (starting a
+        Python thread costs milliseconds on a busy machine, not part of
+        the pattern)."""
+        self._cond = threading.Condition()
+        self._generation = 0
+        self._stopping = False
+        self._offsets = None
+        self._ends = [0] * self.threads
+        self._cpu = [0] * self.threads
+        self._failures = []
+        self._workers = [threading.Thread(target=self._writer, args=(i,), daemon=True,
+                                          name="ww-wine-writer-%d" % i)
+                         for i in range(self.threads)]
+        for t in self._workers:
+            t.start()
 
-        def writer(i):
-            mine = offsets[i]
-            start.wait()
+    def _writer(self, i):
+        seen = 0
+        u8 = self.u8
+        while True:
+            with self._cond:
+                while self._generation == seen and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                seen = self._generation
+                mine, value = self._offsets[i], self._value
             c0 = time.thread_time_ns()
             try:
                 u8[mine] = value            # all of this thread's writes, GIL released
-            except BaseException as e:      # reported below, never a hang
-                failures.append(e)
-            cpu[i] = time.thread_time_ns() - c0
-            ends[i] = time.perf_counter_ns()
+            except BaseException as e:      # reported by run(), never a hang
+                self._failures.append(e)
+            self._cpu[i] = time.thread_time_ns() - c0
+            self._ends[i] = time.perf_counter_ns()
 
-        workers = [threading.Thread(target=writer, args=(i,), daemon=True)
-                   for i in range(self.threads)]
-        for t in workers:
-            t.start()
+    def run(self):
+        """One run: (wall ns, [ns of each GetWriteWatch made while writers ran])."""
+        chosen = self.rng.integers(0, self.pages, size=(self.threads, self.writes))
+        written = np.zeros(self.pages, dtype=bool)
+        written[chosen.ravel()] = True
+        seen = np.zeros(self.pages, dtype=bool)
+        ends = self._ends
         calls = []
-        p0 = time.process_time_ns()
-        t0 = time.perf_counter_ns()
-        start.set()
-        try:
-            while True:
-                time.sleep(self.delay)
-                if 0 not in ends:
-                    break
-                c0 = time.perf_counter_ns()
-                n = self._get(seen)
-                calls.append(time.perf_counter_ns() - c0)
-                self.reported += n
-        finally:
-            start.set()
-            for t in workers:
-                t.join()
-        if failures:
-            raise BenchError("%s: a writer thread failed: %r" % (self.backend, failures[0]))
+        self.runs += 1
+        with self._cond:
+            self._offsets = write_offsets(chosen)
+            self._value = (self.runs & 0x7F) | 1
+            for i in range(self.threads):
+                ends[i] = 0
+            p0 = time.process_time_ns()
+            t0 = time.perf_counter_ns()
+            self._generation += 1
+            self._cond.notify_all()
+        while True:
+            time.sleep(self.delay)
+            if 0 not in ends:
+                break
+            c0 = time.perf_counter_ns()
+            n = self._get(seen)
+            calls.append(time.perf_counter_ns() - c0)
+            self.reported += n
+        if self._failures:
+            raise BenchError("%s: a writer thread failed: %r"
+                             % (self.backend, self._failures[0]))
         wall = max(ends) - t0
         self.cpu_per_write = (time.process_time_ns() - p0) / (self.threads * self.writes)
-        self.writer_cpus = sum(cpu) / wall if wall > 0 else None
+        self.writer_cpus = sum(self._cpu) / wall if wall > 0 else None
         self._get(seen)                                 # the rest
         if (written & ~seen).any():
             raise BenchError("%s: page %d written, never reported by GetWriteWatch"
@@ -501,6 +518,11 @@ class WinePattern:
         return wall * min(self.threads, self.cpus) / (self.threads * self.writes)
 
     def close(self):
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for t in self._workers:
+            t.join()
         self.u8 = None
         self.w.VirtualFree(self.base, 0, self.w.MEM_RELEASE)
 
