@@ -155,13 +155,22 @@ def _scale_targets(doc, add, missing, ratio_target, pm_why, floor_why):
     pat = doc.get("patterns") or {}
     win32_why = None if doc.get("win32", "available") == "available" else doc["win32"]
 
+    # Judged on the CPU time per write: on a shared machine the wall time
+    # moves with other processes' load (the figure marked ! most often),
+    # while pagemap's writers, like the floor's, never wait for anything but
+    # a CPU.  The wall-time ratio is shown beside it.
     w = pat.get("wine")
-    name = ("Wine microbenchmark%s: pagemap per write vs C floor"
+    name = ("Wine microbenchmark%s: pagemap per write vs C floor (CPU time)"
             % (" (%d threads x %d pages)" % (w["threads"], w["pages"]) if w else ""))
-    ratio_target(name, "<= 1.2x", find(doc, "wine", "pagemap", metric="write"),
-                 find(doc, "wine", "floor", metric="write"), 1.2, False,
-                 [pm_why, win32_why, floor_why], "pagemap %s, floor %s per write",
-                 job="wine", backends=("pagemap", "floor"))
+    t = ratio_target(name, "<= 1.2x", find(doc, "wine", "pagemap", metric="write_cpu"),
+                     find(doc, "wine", "floor", metric="write_cpu"), 1.2, False,
+                     [pm_why, win32_why, floor_why], "pagemap %s, floor %s per write",
+                     job="wine", backends=("pagemap", "floor"))
+    lib, flo = (find(doc, "wine", "pagemap", metric="write"),
+                find(doc, "wine", "floor", metric="write"))
+    if t["met"] is not None and lib and flo:
+        t["detail"] += "; by wall time %s vs %s, %.2fx" % (
+            fmt_ns(lib["value_ns"]), fmt_ns(flo["value_ns"]), lib["value_ns"] / flo["value_ns"])
 
     g = pat.get("gc")
     name = ("GC pattern%s: pagemap vs C floor"
@@ -544,7 +553,8 @@ PLOT_HINT = ("--plot needs matplotlib, which writewatch does not install by "
 # The scale patterns' figures drawn against the C floor: (label, workload,
 # the library's record params, the floor's).
 _SCALE_BARS = (
-    ("Wine: per write", "wine", dict(metric="write"), dict(metric="write")),
+    ("Wine: per write\n(CPU time)", "wine", dict(metric="write_cpu"),
+     dict(metric="write_cpu")),
     ("Wine: per GetWriteWatch", "wine", dict(metric="call"), dict(metric="call")),
     ("GC round", "gc", {}, {}),
     ("reservation:\nget, committed part", "reserve", dict(step="get_committed"),

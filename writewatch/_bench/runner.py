@@ -423,7 +423,7 @@ def collect(plan, backends=None, progress=None, with_floor=True):
         "not run (--no-floor)" if not with_floor else _floor.floor_missing())
     steps = sum((job.passes or plan.passes) * (len(names) + (1 if job.floor and not
                                                              floor_missing else 0))
-                for job in todo)
+                + (1 if job.after_close and names else 0) for job in todo)
     prog = progress or Progress(steps)
     run = _Run(plan, names, floor_missing, prog)
     for job in todo:
@@ -432,6 +432,8 @@ def collect(plan, backends=None, progress=None, with_floor=True):
             for _ in range(job.passes or plan.passes):
                 run.one_pass(job, objects)
         finally:
+            if job.after_close and names:
+                prog.step("%s: closing them" % job.label)
             for name, obj in objects.items():
                 if obj is not None:
                     obj.close()
