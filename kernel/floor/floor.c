@@ -406,9 +406,9 @@ static uint32_t *identity(size_t n)
  * armed), WRITES writes each; meanwhile the calling thread sleeps DELAY_US
  * and makes one get-and-reset of the whole region (GetWriteWatch with
  * WRITE_WATCH_FLAG_RESET), again and again until the writers are done.
- * Wine's program is not published with its merge request (7871); this
- * follows its description: threads, pages, delay, random writes, reset in
- * the call. */
+ * Wine's program (attached to its merge request, 7871) is not reproduced
+ * here; this follows its description: threads, pages, delay, random writes,
+ * reset in the call. */
 
 struct ww_wine {
     struct region r;

@@ -10,10 +10,10 @@ from writewatch._bench.units import (
 FLOOR_TECH = {"pagemap": "uffd-async", "uffd": "uffd-sync", "mprotect": "mprotect"}
 
 # Published figures for Wine's microbenchmark (8 threads, 8,192 pages, 3 ms,
-# random writes, WRITE_WATCH_FLAG_RESET), from Wine merge request 7871
-# ("ntdll: Use UFFD for write watches support if available", Wine 10.7):
-# average time per write.  Measured by its author on another machine, with
-# Wine's own program -- context, never a target.
+# random writes, WRITE_WATCH_FLAG_RESET), from Wine merge request 7871, which
+# moved Wine 10.7's write watches to userfaultfd and PAGEMAP_SCAN: average
+# time per write.  Measured by its author on another machine, with the
+# program attached to the merge request -- context, never a target.
 WINE_PUBLISHED = (("Windows", 290.0), ("Wine, kernel write watches (UFFD)", 245.0),
                   ("Wine, its old fallback (SIGSEGV handler)", 70000.0))
 WINE_SOURCE = "https://gitlab.winehq.org/wine/wine/-/merge_requests/7871"
