@@ -1205,6 +1205,9 @@ cdef class Region:
             pthread_mutex_destroy(&self._mu)
 
 
+# no_gc_clear: its __dealloc__ needs `region` to take its bitmap out of the
+# region's consumers.
+@cython.no_gc_clear
 @cython.auto_pickle(False)
 cdef class _Tracker:
     """A consumer of a region's written state of its own (see the top of
