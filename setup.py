@@ -44,28 +44,49 @@ PROGRAMS = {
     "ww-selftest": ["kernel/selftests/pagemap_contract.c"],
 }
 
+# Shared libraries loaded with ctypes: the C floor's scale patterns, for the
+# pytest-benchmark suite (bench/), which times them in-process beside the
+# backends.  name: (sources, macros)
+LIBRARIES = {
+    "libwwfloor.so": (["kernel/floor/floor.c"], [("WW_FLOOR_LIBRARY", "1")]),
+}
+
 
 class build_ext_and_programs(build_ext):
     def run(self):
         super().run()
         for name, sources in PROGRAMS.items():
             self._build_program(name, sources)
+        for name, (sources, macros) in LIBRARIES.items():
+            self._build_library(name, sources, macros)
 
-    def _build_program(self, name, sources):
+    def _out_dir(self):
         if self.inplace:
             out_dir = os.path.join(HERE, "writewatch", "_bin")
         else:
             out_dir = os.path.join(self.build_lib, "writewatch", "_bin")
         os.makedirs(out_dir, exist_ok=True)
-        objects = self.compiler.compile(
+        return out_dir
+
+    def _compile(self, sources, subdir, macros=(), extra=()):
+        return self.compiler.compile(
             [os.path.join(HERE, s) for s in sources],
-            output_dir=self.build_temp,
+            output_dir=os.path.join(self.build_temp, subdir),
             include_dirs=[os.path.join(HERE, "kernel")],
-            macros=[("_GNU_SOURCE", "1")],
-            extra_postargs=["-O2", "-Wall"],
+            macros=[("_GNU_SOURCE", "1")] + list(macros),
+            extra_postargs=["-O2", "-Wall"] + list(extra),
         )
+
+    def _build_program(self, name, sources):
+        objects = self._compile(sources, "programs")
         self.compiler.link_executable(
-            objects, name, output_dir=out_dir, libraries=["pthread"])
+            objects, name, output_dir=self._out_dir(), libraries=["pthread"])
+
+    def _build_library(self, name, sources, macros):
+        # Objects of their own: the same source is compiled differently.
+        objects = self._compile(sources, "lib-" + name, macros, ["-fPIC"])
+        self.compiler.link_shared_object(
+            objects, name, output_dir=self._out_dir(), libraries=["pthread"])
 
 
 setup(

@@ -4,6 +4,7 @@ Nothing here asserts a timing: the numbers belong to the machine.  What is
 checked is that every piece runs, that its output has the promised shape,
 and that the target logic judges ratios correctly.
 """
+import argparse
 import io
 import json
 
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 
 import writewatch
-from writewatch import _bench
+from writewatch import _bench, _core
+from writewatch._bench import cli as bench_cli, floor as bench_floor, workloads
 from helpers import run_command, run_python
 
 CLI = "import sys; from writewatch._cli import main; sys.exit(main(sys.argv[1:]))"
@@ -37,12 +39,29 @@ def test_bench_tiny_prints_table_and_targets():
     assert "First write after a reset" in out
     assert "Targets" in out
     for t in ("pagemap vs mprotect", "pagemap vs uffd", "pagemap vs C floor",
-              "clean get-and-reset 1 GiB", "max_count=16", "win32 GetWriteWatch"):
+              "clean get-and-reset 1 GiB", "max_count=16", "win32 GetWriteWatch",
+              "Wine microbenchmark", "GC pattern", "reservation 1 GiB (pagemap): page tables",
+              "GetWriteWatch over the whole reservation", "200 regions of 64 KiB"):
         assert t in out
+    for section in ("Wine's write-watch microbenchmark", ".NET GC pattern",
+                    "Reservation: VirtualAlloc(1 GiB", "200 regions of 64 KiB, one page"):
+        assert section in out
+    # published figures, marked as measured elsewhere
+    assert "measured elsewhere" in out and "Windows 290 ns" in out
     # the frame table has one row per (size, fraction) of the tiny plan
     for size, frac in _bench.PLANS["tiny"].frames():
         assert "%s, %s" % (_bench.fmt_size(size), _bench.fmt_fraction(frac)) in out
-    assert p.stderr == ""                   # no progress when not a terminal
+    # progress on stderr, a line per step, although stderr is not a terminal
+    lines = p.stderr.splitlines()
+    assert lines and all(line.startswith("writewatch bench: [") for line in lines), p.stderr
+    total = int(lines[0].split("/")[1].split()[0])
+    assert len(lines) == total and lines[-1].startswith("writewatch bench: [%d/%d" % (total, total))
+
+
+def test_bench_quiet_prints_no_progress():
+    p = run_cli("bench", "--tiny", "--quiet", "--json")
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == ""
 
 
 def test_bench_tiny_by_environment():
@@ -54,7 +73,7 @@ def test_bench_json():
     p = run_cli("bench", "--tiny", "--json")
     doc = json.loads(p.stdout)
     assert doc["mode"] == "tiny"
-    assert [b["name"] for b in doc["backends"]] == ["pagemap", "uffd", "mprotect", "softdirty"]
+    assert [b["name"] for b in doc["backends"]] == list(_core.BACKEND_NAMES)
     assert doc["errors"] == []
     plan = _bench.PLANS["tiny"]
     res = doc["results"]
@@ -71,11 +90,35 @@ def test_bench_json():
         assert r["n"] >= 1 and 0 < r["min_ns"] <= r["median_ns"]
         assert r["value_ns"] == r["%s_ns" % r["statistic"]]
         assert len(r["passes"]) == plan.passes and r["value_ns"] == min(r["passes"])
+        assert r["fastest_ns"] <= r["min_ns"] and r["unstable"] in (True, False)
+    # the scale patterns, on the floor and every backend
+    for name in available() + ["floor"]:
+        mine = [r for r in res if r["backend"] == name]
+        assert {r["metric"] for r in mine if r["workload"] == "wine"} >= {"write", "write_cpu"}
+        gc = [r for r in mine if r["workload"] == "gc"]
+        assert len(gc) == 1 and gc[0]["size"] == plan.gc["size"] and gc[0]["calls"] >= 1
+        steps = {r["step"]: r for r in mine if r["workload"] == "reserve"}
+        assert {"reserve", "commit", "get_committed", "release"} <= set(steps)
+        for r in steps.values():
+            assert r["size"] == plan.reservation["size"]
+            assert isinstance(r["pte_bytes"], int) and r["pte_bytes"] >= 0
+        assert steps["release"]["pte_bytes"] < 64 * 1024      # given back
+        regions = {r["variant"]: r for r in mine if r["workload"] == "regions"}
+        assert {"each", "create", "close"} <= set(regions)
+        assert regions["each"]["count"] == plan.regions["count"]
+    for name in available():
+        steps = {r["step"] for r in res if r["backend"] == name and r["workload"] == "reserve"}
+        assert {"plain_reserve", "get_all"} <= steps
+        variants = {r["variant"] for r in res
+                    if r["backend"] == name and r["workload"] == "regions"}
+        assert ("many" in variants) == hasattr(writewatch, "get_write_watch_many")
+    if not hasattr(writewatch, "get_write_watch_many"):
+        assert any("get_write_watch_many" in s["skip"] for s in doc["skipped"])
     floor_faults = {r["tech"] for r in res if r["backend"] == "floor" and r["workload"] == "fault"}
     assert {"uffd-sync", "mprotect", "none"} <= floor_faults
     if "pagemap" in available():
         assert "uffd-async" in floor_faults
-    assert len(doc["targets"]) == 6
+    assert len(doc["targets"]) == 13
     for t in doc["targets"]:
         assert t["met"] in (True, False, None)
         if t["met"] is None:
@@ -112,19 +155,22 @@ def test_plot_writes_a_png(tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_progress_only_on_a_terminal():
+def test_progress_a_line_per_step_unless_a_terminal():
     class Tty(io.StringIO):
         def isatty(self):
             return True
-    quiet = io.StringIO()
-    p = _bench.Progress(2, stream=quiet)
-    p.step("one")
+    log = io.StringIO()
+    p = _bench.Progress(2, stream=log)
+    p.step("frame pagemap 1 MiB")
+    p.step("frame uffd 1 MiB")
     p.finish()
-    assert quiet.getvalue() == ""
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 2 and "[1/2" in lines[0] and lines[1].endswith("frame uffd 1 MiB")
     loud = Tty()
     p = _bench.Progress(2, stream=loud, delay=0)
     p.step("frame pagemap 1 MiB")
     assert "[1/2" in loud.getvalue() and "frame pagemap 1 MiB" in loud.getvalue()
+    assert "\n" not in loud.getvalue()                # one line, rewritten
     p.finish()
     assert loud.getvalue().endswith("\r\033[K")       # the line is cleared
     brief = Tty()
@@ -132,6 +178,10 @@ def test_progress_only_on_a_terminal():
     p.step("one")
     p.finish()
     assert brief.getvalue() == ""
+    quiet = io.StringIO()
+    p = _bench.Progress(2, stream=quiet, enabled=False)
+    p.step("one")
+    assert quiet.getvalue() == ""
 
 
 def _doc(values, backends=("pagemap", "uffd", "mprotect"), win32="available"):
@@ -155,7 +205,7 @@ def test_targets_are_judged_from_the_ratios():
                 ("limit", "pagemap", 4 * G): 40.0, ("limit", "pagemap", 64 * K): 10.0,
                 ("win32", "pagemap", None): 4999.0})
     t = {x["target"]: x for x in _bench.evaluate_targets(doc)}
-    assert len(t) == 6
+    assert len(t) == 13
     vs_mprotect = t["frame loop 256 MiB 1%: pagemap vs mprotect"]
     assert vs_mprotect["met"] is True and vs_mprotect["measured"] == 6.0
     assert t["frame loop 256 MiB 1%: pagemap vs uffd"]["met"] is False      # 15x < 20x
@@ -190,6 +240,124 @@ def test_targets_not_measured_say_why():
     assert t["frame loop 256 MiB 1%: pagemap vs C floor"]["why"] == "not measured in this mode"
     assert t["win32 GetWriteWatch, 16 pages (pagemap)"]["why"] == \
         "writewatch.win32 not importable: nope"
+
+
+def _scale_doc():
+    """A synthetic document with the scale patterns measured on pagemap and
+    the floor, every goal met."""
+    M, G, K = _bench.MiB, _bench.GiB, _bench.KiB
+    doc = _doc({})
+    plan = _bench.PLANS["quick"]
+    doc["patterns"] = dict(wine=plan.wine, gc=plan.gc, reservation=plan.reservation,
+                           regions=plan.regions)
+    R = doc["results"]
+    R += [dict(workload="wine", backend="pagemap", metric="write_cpu", value_ns=110.0),
+          dict(workload="wine", backend="floor", metric="write_cpu", value_ns=100.0),
+          dict(workload="wine", backend="pagemap", metric="write", value_ns=300.0),
+          dict(workload="wine", backend="floor", metric="write", value_ns=200.0),
+          dict(workload="gc", backend="pagemap", value_ns=1.2e6),
+          dict(workload="gc", backend="floor", value_ns=1.0e6)]
+    for step, ns, pte in (("plain_reserve", 50e3, 0), ("reserve", 60e3, 8 * K),
+                          ("commit", 5e6, 2 * M + 8 * K), ("get_all", 1.1e6, 2 * M),
+                          ("get_committed", 1.0e6, 2 * M), ("release", 7e6, 0)):
+        R.append(dict(workload="reserve", backend="pagemap", step=step, value_ns=ns,
+                      pte_bytes=pte, size=256 * G, committed=G))
+    R.append(dict(workload="reserve", backend="floor", step="reserve", value_ns=4e3,
+                  pte_bytes=0))
+    R += [dict(workload="regions", backend="pagemap", variant="each", value_ns=3000.0),
+          dict(workload="regions", backend="pagemap", variant="many", value_ns=900.0)]
+    return doc
+
+
+def _by_start(targets, start):
+    found = [t for t in targets if t["target"].startswith(start)]
+    assert len(found) == 1, (start, [t["target"] for t in targets])
+    return found[0]
+
+
+def test_scale_targets_are_judged_from_the_ratios():
+    doc = _scale_doc()
+    ts = _bench.evaluate_targets(doc)
+    assert len(ts) == 13
+    wine = _by_start(ts, "Wine microbenchmark (8 threads x 8192 pages)")
+    assert wine["met"] is True and abs(wine["measured"] - 1.1) < 1e-9       # CPU time
+    assert "by wall time 300 ns vs 200 ns, 1.50x" in wine["detail"]
+    assert _by_start(ts, "GC pattern (1 GiB heap, 1% written)")["met"] is True
+    assert _by_start(ts, "reservation 256 GiB (pagemap): page tables")["met"] is True
+    t = _by_start(ts, "reservation 256 GiB (pagemap): time")
+    assert t["met"] is True and "a plain mmap (C floor) 4 us" in t["detail"]
+    assert _by_start(ts, "1 GiB committed in it")["met"] is True
+    assert _by_start(ts, "GetWriteWatch over the whole reservation")["met"] is True
+    regions = _by_start(ts, "10,000 regions of 64 KiB")
+    assert regions["met"] is True and regions["measured"] == 900.0    # the better variant
+    assert "get_write_watch_many 900 ns" in regions["detail"]
+    # and missed when the ratios are not there
+    for r in doc["results"]:
+        if r["backend"] == "pagemap":
+            r["value_ns"] *= 3
+            if r.get("pte_bytes"):
+                r["pte_bytes"] += 512 * _bench.MiB
+    ts = _bench.evaluate_targets(doc)
+    for start in ("Wine microbenchmark", "GC pattern", "reservation 256 GiB (pagemap): page",
+                  "1 GiB committed in it", "10,000 regions"):
+        assert _by_start(ts, start)["met"] is False, start
+
+
+def test_a_failed_pattern_misses_its_target():
+    doc = _scale_doc()
+    doc["results"] = [r for r in doc["results"] if r["workload"] != "regions"]
+    doc["errors"] = [dict(workload="10000 regions pagemap", job="regions", backend="pagemap",
+                          error="BenchError: pagemap: Region 1019 of 10000 failed: EMFILE")]
+    t = _by_start(_bench.evaluate_targets(doc), "10,000 regions")
+    assert t["met"] is False and "Region 1019 of 10000 failed" in t["why"]
+    doc["errors"] = []
+    doc["skipped"] = [dict(workload="reservation 256 GiB pagemap", job="reserve",
+                           backend="pagemap", skip="not enough memory")]
+    doc["results"] = [r for r in doc["results"] if r["workload"] != "reserve"]
+    t = _by_start(_bench.evaluate_targets(doc), "reservation 256 GiB (pagemap): page tables")
+    assert t["met"] is None and t["why"] == "skipped: not enough memory"
+
+
+def test_check_exits_3_on_a_missed_target(monkeypatch, capsys):
+    doc = _scale_doc()
+    doc.update(mode="quick", passes=1, skipped=[], errors=[],
+               machine=dict(kernel="Linux x", machine="x86_64", cpu="", cpus=2,
+                            python="3", numpy="2"))
+    doc["targets"] = _bench.evaluate_targets(doc)
+    monkeypatch.setattr(bench_cli, "collect", lambda *a, **k: doc)
+    parser = argparse.ArgumentParser()
+    _bench.add_arguments(parser)
+    # met or not measured: 0, with or without --check
+    assert bench_cli.run(parser.parse_args(["--check", "--json"])) == 0
+    doc["targets"][-1]["met"] = False
+    assert bench_cli.run(parser.parse_args(["--json"])) == 0
+    assert bench_cli.run(parser.parse_args(["--check", "--json"])) == 3
+    assert "1 target(s) missed: 10,000 regions" in capsys.readouterr().err
+    doc["errors"] = [dict(workload="x", error="wrong answer")]
+    assert bench_cli.run(parser.parse_args(["--check", "--json"])) == 1
+
+
+def test_unstable_figures_are_marked():
+    recs = [dict(workload="clean", backend="pagemap", size=1, value_ns=v, min_ns=v,
+                 median_ns=v * 1.1, n=5) for v in (10.0, 30.0)]             # passes 3x apart
+    recs += [dict(workload="clean", backend="floor", size=1, value_ns=9.0, min_ns=9.0,
+                  median_ns=30.0, n=5)]                                    # median 3.3x
+    recs += [dict(workload="clean", backend="uffd", size=1, value_ns=v, min_ns=v,
+                  median_ns=v, n=5) for v in (10.0, 11.0)]                 # steady
+    best = {r["backend"]: r for r in _bench._best_of_passes(recs)}
+    assert best["pagemap"]["unstable"] and best["pagemap"]["spread"] == 3.0
+    assert best["floor"]["unstable"]
+    assert not best["uffd"]["unstable"]
+    doc = _doc({})
+    doc.update(results=list(best.values()), mode="tiny", passes=2, skipped=[], errors=[],
+               targets=[], machine=dict(kernel="Linux x", machine="x86_64", cpu="", cpus=2,
+                                        python="3", numpy="2"))
+    text = io.StringIO()
+    _bench.print_report(doc, text)
+    out = text.getvalue()
+    assert "10-11 ns!" in out and "9-30 ns!" in out and "10 ns " in out  # fastest-median
+    assert "2 figure(s) marked ! varied widely" in out
+    assert "pagemap clean 1 B: passes 10 ns, 30 ns" in out
 
 
 # ---- the C floor ------------------------------------------------------------
@@ -269,4 +437,117 @@ def test_best_of_passes_keeps_the_lowest_and_every_value():
     best = {r["size"]: r for r in _bench._best_of_passes(recs)}
     assert best[1]["value_ns"] == 10.0 and best[1]["n"] == 1
     assert best[1]["passes"] == [30.0, 10.0, 20.0]
-    assert best[2]["passes"] == [5.0]
+    assert best[1]["unstable"] and best[1]["spread"] == 3.0      # passes 3x apart
+    assert best[2]["passes"] == [5.0] and not best[2]["unstable"]
+
+
+def test_floor_runs_the_scale_patterns():
+    p = run_command(
+        [floor(), "--budget-ms", "1", "--min-reps", "1", "--max-reps", "3",
+         "wine:4:256:1000:2048", "gc:4M:41:16", "reserve:1G:4M:10", "regions:50:64K"],
+        timeout=120)
+    lines = [json.loads(line) for line in p.stdout.splitlines()]
+    if "pagemap" not in available():
+        assert all("skip" in r for r in lines)
+        pytest.skip("async uffd-wp unavailable here: the floor skips its workloads")
+    by = {}
+    for r in lines:
+        assert "error" not in r and "skip" not in r, r
+        by.setdefault(r["workload"], []).append(r)
+    assert {r["metric"] for r in by["wine"]} >= {"write", "write_cpu"}
+    gc = by["gc"][0]
+    assert gc["written"] == 41 and gc["batch"] == 16 and gc["calls"] == 3   # 16, 16, 9
+    steps = {r["step"]: r for r in by["reserve"]}
+    assert list(steps) == ["reserve", "commit", "get_committed", "release"]
+    assert steps["reserve"]["pte_bytes"] == 0            # PROT_NONE: no page tables
+    assert steps["commit"]["pte_bytes"] >= 4096          # the committed 4 MiB's
+    assert steps["release"]["pte_bytes"] == 0
+    variants = {r["variant"]: r for r in by["regions"]}
+    assert set(variants) == {"each", "runs", "create", "close"}
+    assert 1 <= variants["runs"]["runs"] <= 50 and variants["each"]["descriptors"] == 1
+
+
+def test_floor_library_runs_the_patterns_in_process():
+    why = bench_floor.library_unavailable()
+    if why:
+        pytest.skip(why)
+    gc = bench_floor.FloorGC(4 * _bench.MiB, 41, 16)
+    try:
+        for _ in range(3):
+            gc.prepare()
+            assert gc.round() == 3
+            gc.check()
+    finally:
+        gc.close()
+    regions = bench_floor.FloorRegions(20, 64 * _bench.KiB)
+    try:
+        for call in (regions.each, regions.many):
+            regions.prepare()
+            assert call() == 20
+            regions.check()
+        assert call() == 0                               # all were reset
+        with pytest.raises(_bench.BenchError, match="region 0 wrote page"):
+            regions.check()
+    finally:
+        regions.close()
+    assert regions.close_ns > 0 and regions.create_ns > 0
+    res = bench_floor.FloorReservation()
+    try:
+        pte = bench_floor.vmpte()
+        res.reserve(1 * _bench.GiB)
+        res.commit(4 * _bench.MiB)
+        res.write(10)
+        got = res.scan()
+        res.check(got)
+        assert got == 10 and bench_floor.vmpte() >= pte
+        res.release()
+    finally:
+        res.close()
+    wine = bench_floor.FloorWine(2, 64, 1024, 0.0005)
+    try:
+        wall, calls = wine.run()
+        assert wall > 0 and wine.per_write(wall) > 0 and wine.cpu_per_write > 0
+    finally:
+        wine.close()
+
+
+def test_library_patterns_check_their_answers():
+    names = available()
+    if not names or _bench.win32_unavailable():
+        pytest.skip("no backend, or no win32 layer, here")
+    gc = _bench.GCPattern(names[0], 4 * _bench.MiB, 41, 16)
+    try:
+        gc.prepare()
+        got = gc.round()
+        assert gc.calls == 3 and len(got) == 41
+        gc.check(got)
+        with pytest.raises(_bench.BenchError):
+            gc.check(got[1:])                            # a page missing
+    finally:
+        gc.close()
+    many = _bench.ManyRegions(names[0], 20, 64 * _bench.KiB)
+    try:
+        many.prepare()
+        got = many.each()
+        many.check(got)
+        with pytest.raises(_bench.BenchError):
+            many.check(got[:-1] + [got[-1][:0]])         # the last region lost its page
+    finally:
+        many.close()
+    wine = _bench.WinePattern(names[0], 2, 64, 1024, 0.0005)
+    try:
+        wall, calls = wine.run()
+        assert wall > 0 and wine.cpu_per_write > 0 and wine.writer_cpus > 0
+    finally:
+        wine.close()
+
+
+def test_reservation_is_skipped_without_the_memory_it_may_need(monkeypatch):
+    monkeypatch.setattr(workloads, "memory_headroom", lambda: (100 * _bench.MiB, "test"))
+    with pytest.raises(_bench.BenchSkip, match=r"may need up to [0-9.]+ MiB .*; test is 100.0 MiB"):
+        workloads.run_reservation("pagemap", 256 * _bench.GiB, _bench.GiB, 10, 0.01, 1)
+
+
+def test_memory_headroom_reads_meminfo():
+    room, source = workloads.memory_headroom()
+    assert room is not None and room > 0 and source

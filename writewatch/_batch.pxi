@@ -78,21 +78,50 @@ class WriteWatchManyError(OSError):
 
 
 def get_write_watch_many(regions, *, reset=False):
-    """get_write_watch_many(regions, *, reset=False)
+    """The written pages of many regions, in one call.
 
-    The written pages of each region, in one call: a list with, for each
-    region in the order given, what ``region.get_write_watch(reset=reset)``
-    would return (ascending uint64 addresses).
+    Pagemap regions that lie next to each other in memory are scanned
+    together by one kernel call: a program with thousands of small regions
+    pays well under a microsecond per region, instead of a Python call and a
+    system call each.
 
-    Pagemap regions that are adjacent in memory are scanned together by one
-    kernel call; a program with thousands of small regions pays well under a
-    microsecond per region instead of a Python call and a system call each.
+    Parameters
+    ----------
+    regions : iterable of Region
+        Each region at most once, any backends, any order.
+    reset : bool, optional
+        As for :meth:`Region.get_write_watch`: re-arm exactly the reported
+        pages, atomically with reading them.
 
-    Raises TypeError if an item is not a Region, ValueError if a region is
-    closed or appears twice, ForkedRegionError as get_write_watch does; an
-    OSError of the kernel's for some regions does not stop the others:
-    WriteWatchManyError (an OSError) is raised at the end, carrying every
-    answer that was obtained (``.results``) and the failures by position.
+    Returns
+    -------
+    list of numpy.ndarray
+        For each region in the order given, what
+        ``region.get_write_watch(reset=reset)`` would return.
+
+    Raises
+    ------
+    TypeError
+        An item is not a Region.
+    ValueError
+        A region is closed or appears twice.
+    writewatch.ForkedRegionError
+        A region was made in the parent of this forked process.
+    writewatch.WriteWatchManyError
+        The kernel refused for some regions (an OSError).  The others were
+        answered all the same: ``.results`` holds every answer (None where it
+        failed) -- with `reset`, pages already re-armed are there, not lost
+        -- and ``.failures`` maps each failed position to its OSError.
+
+    Examples
+    --------
+    >>> import writewatch
+    >>> regions = [writewatch.Region(16 * 4096) for _ in range(3)]
+    >>> memoryview(regions[1])[2 * 4096] = 1
+    >>> [[(int(a) - r.address) // 4096 for a in res]
+    ...  for r, res in zip(regions, writewatch.get_write_watch_many(regions, reset=True))]
+    [[], [2], []]
+    >>> for r in regions: r.close()
     """
     cdef list rs = list(regions)
     cdef size_t n = len(rs), i, j, k

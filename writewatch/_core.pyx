@@ -1,4 +1,4 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, embedsignature=True
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, embedsignature=True, embedsignature.format=clinic
 """writewatch's extension module: the Region type, the backend interface and
 the backends themselves.  The parts live in .pxi files pulled in below
 (uvloop's layout); every C declaration is in includes/system.pxd."""

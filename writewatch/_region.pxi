@@ -50,12 +50,17 @@ cdef enum:                 # Region._range_op
 # which are write-watched too.  The old region is then marked lost.
 cdef list _live_bases = []
 cdef dict _live = {}
+# C statics, not module attributes: a Region deallocated while the
+# interpreter shuts down (its module dict already cleared) still finds them.
+cdef object _bisect_left = bisect.bisect_left
+cdef object _bisect_right = bisect.bisect_right
+cdef object _insort = bisect.insort
 
 
 cdef _claim_range(Region region):
     cdef uintptr_t base = region._base
     cdef uintptr_t end = region._base + region._size
-    cdef Py_ssize_t j = bisect.bisect_right(_live_bases, base) - 1
+    cdef Py_ssize_t j = _bisect_right(_live_bases, base) - 1
     if j < 0:
         j = 0
     while j < len(_live_bases) and _live_bases[j] < end:
@@ -70,7 +75,7 @@ cdef _claim_range(Region region):
                 (<Region>other)._engine.detach()
         else:
             j += 1
-    bisect.insort(_live_bases, base)
+    _insort(_live_bases, base)
     _live[base] = weakref.ref(region)
 
 
@@ -81,7 +86,7 @@ cdef _release_range(Region region):
     # In __dealloc__ the weak reference is already dead.
     if ref is not None and ref() in (region, None):
         del _live[region._base]
-        del _live_bases[bisect.bisect_left(_live_bases, region._base)]
+        del _live_bases[_bisect_left(_live_bases, region._base)]
 
 
 cdef inline size_t _round_up(size_t x, size_t page) noexcept nogil:
@@ -322,18 +327,61 @@ def _fmt_bytes(n):
 @cython.auto_pickle(False)
 cdef class Region:
     """Region(size, *, backend=None, address=None)
+--
 
     Anonymous, zero-filled read/write memory whose written pages are tracked.
 
-    `size` bytes rounded up to whole pages, tracked from creation (nothing
-    counts as written before the first write).  `address` asks for a fixed,
-    page-aligned placement and never replaces an existing mapping.  `backend`
-    is a name from :func:`writewatch.backends`; ``None`` takes
-    ``$WRITEWATCH_BACKEND`` or else the best backend available here.
+    The memory is tracked from creation: nothing counts as written before
+    the first write.  Writes from any thread and writes made by the kernel
+    (``os.readv`` into the memory) count.  A Region exports the buffer
+    protocol: ``memoryview(r)`` and ``numpy.frombuffer(r, dtype)`` are
+    writable, zero-copy views.
 
-    Raises MemoryError, naming both figures, when arming the region would
-    need more memory (page tables, the backend's per-page state) than this
-    process can get (MemAvailable, and the limit of its memory cgroup).
+    Parameters
+    ----------
+    size : int
+        Bytes to map, rounded up to whole pages.
+    backend : str or None, optional
+        A name from :func:`writewatch.backends`.  None takes
+        ``$WRITEWATCH_BACKEND``, else the best backend available here.
+    address : int or None, optional
+        A fixed, page-aligned address to map at.  An existing mapping is
+        never replaced.
+
+    Raises
+    ------
+    TypeError
+        `size`, `address` or `backend` has the wrong type.
+    ValueError
+        `size` is not positive or too large; `address` is unaligned or
+        outside the user address space; `backend` is not a known name.
+    writewatch.BackendUnavailable
+        The backend cannot run on this machine (the message says why).
+    MemoryError
+        Arming the region would need more memory -- page tables, the
+        backend's per-page state -- than this process can get
+        (``MemAvailable``, and its memory cgroup's limit); the message gives
+        both figures.  Nothing was mapped.
+    OSError
+        The kernel refused (the message names the system call), e.g.
+        ``EEXIST`` when `address` is taken.
+
+    See Also
+    --------
+    get_write_watch_many : ask many regions in one call.
+    writewatch.Snapshots : save and restore a region's state.
+
+    Examples
+    --------
+    >>> import numpy as np, writewatch
+    >>> r = writewatch.Region(64 * 4096)
+    >>> buf = np.frombuffer(r, dtype=np.uint8)
+    >>> buf[5 * 4096] = 1
+    >>> [(int(a) - r.address) // 4096 for a in r.get_write_watch(reset=True)]
+    [5]
+    >>> len(r.get_write_watch())
+    0
+    >>> del buf; r.close()
     """
 
     cdef uintptr_t _base
@@ -463,28 +511,30 @@ cdef class Region:
 
     @property
     def address(self):
-        """Base address of the memory (page aligned).  ValueError once closed."""
+        """Base address of the memory (int, page aligned).  Reading it
+        raises ValueError once the region is closed."""
         self._check_open()
         return self._base
 
     @property
     def size(self):
-        """Size in bytes, a whole number of pages."""
+        """Size in bytes (int), a whole number of pages."""
         return self._size
 
     @property
     def page_size(self):
-        """Tracking granularity in bytes."""
+        """Tracking granularity in bytes (int): the page size."""
         return self._page
 
     @property
     def backend(self):
-        """Name of the backend that tracks this region."""
+        """Name of the backend that tracks this region (str)."""
         return self._backend
 
     @property
     def closed(self):
-        """True once close() (or a failed __init__) left no memory behind."""
+        """True once close() unmapped the memory (or __init__ failed and
+        left none); every other call then raises ValueError."""
         return self._closed
 
     def __repr__(self):
@@ -633,17 +683,58 @@ cdef class Region:
 
     def get_write_watch(self, address=None, size=None, *, reset=False,
                         max_count=None, out=None):
-        """get_write_watch(address=None, size=None, *, reset=False, max_count=None, out=None)
+        """Addresses of the pages written in a range since each was last reset.
 
-        Addresses of the pages written in the range, ascending, as uint64.
+        Parameters
+        ----------
+        address, size : int or None, optional
+            The range [address, address+size), rounded out to whole pages as
+            Windows does.  None: the region's start / up to its end.
+        reset : bool, optional
+            Re-arm exactly the reported pages, atomically with reading them:
+            a write racing the call is reported by this call or the next,
+            never lost.
+        max_count : int or None, optional
+            Report (and reset) at most this many pages, the first ones;
+            later pages keep their state, and the call costs what it
+            reports, not the rest of the range.
+        out : numpy.ndarray or None, optional
+            A contiguous, writable uint64 array to fill; its length bounds
+            the count like `max_count`, and a prefix view of it is returned.
 
-        The range [address, address+size) rounds out to whole pages (None:
-        the region's start / up to its end).  With ``reset=True`` exactly the
-        reported pages are re-armed, atomically with reading them: a write
-        racing the call is reported by this call or the next, never lost.
-        `max_count` (and the length of `out`, a preallocated contiguous
-        uint64 array whose prefix view is then returned) stops the scan:
-        later pages are neither reported nor reset.
+        Returns
+        -------
+        numpy.ndarray
+            uint64 page addresses, ascending.
+
+        Raises
+        ------
+        TypeError
+            An argument has the wrong type (`out` not a uint64 array).
+        ValueError
+            The range is not inside the region; `size` or `max_count` is not
+            positive; `out` is read-only, strided or empty; the region is
+            closed.
+        writewatch.ForkedRegionError
+            Called in a child forked from the process that made the region.
+        MemoryError
+            The result could not be allocated; with `reset`, nothing was
+            re-armed.
+        OSError
+            The kernel refused; the message names the system call (e.g. the
+            region was unmapped or replaced behind the library's back).
+
+        Examples
+        --------
+        >>> import writewatch
+        >>> r = writewatch.Region(16 * 4096)
+        >>> for p in (3, 7, 9):
+        ...     memoryview(r)[p * 4096] = 1
+        >>> [(int(a) - r.address) // 4096 for a in r.get_write_watch(max_count=2, reset=True)]
+        [3, 7]
+        >>> [(int(a) - r.address) // 4096 for a in r.get_write_watch()]
+        [9]
+        >>> r.close()
         """
         cdef uintptr_t start, end
         cdef Sink sink
@@ -719,11 +810,21 @@ cdef class Region:
             free(heap)
 
     def reset_write_watch(self, address=None, size=None):
-        """reset_write_watch(address=None, size=None)
+        """Re-arm a range: none of its pages counts as written afterwards.
 
-        Re-arm the range: none of its pages counts as written afterwards,
-        and every later write to it is seen -- whatever was done to the
-        pages before (an madvise or mprotect of the program's own included).
+        Every later write to the range is seen, whatever was done to its
+        pages before (the program's own ``madvise`` or ``mprotect``
+        included).
+
+        Parameters
+        ----------
+        address, size : int or None, optional
+            The range, rounded out to whole pages; None: the whole region.
+
+        Raises
+        ------
+        TypeError, ValueError, writewatch.ForkedRegionError, OSError
+            As :meth:`get_write_watch`.
         """
         self._range_op(OP_RESET, address, size, 0)
 
@@ -1041,11 +1142,17 @@ cdef class Region:
     # -- lifetime -------------------------------------------------------
 
     def close(self):
-        """close()
+        """Unmap the memory.  Idempotent; also ``with Region(...) as r:``.
 
-        Unmap the memory.  Idempotent.  Trackers following the region
-        (Snapshots, DeltaLog) are closed first.  Raises BufferError while
-        views of the memory exist, so none can outlive it.
+        Trackers following the region (:class:`writewatch.Snapshots`,
+        :class:`writewatch.DeltaLog`) are closed first; calls in flight in
+        other threads are let finish.
+
+        Raises
+        ------
+        BufferError
+            Views of the memory (memoryview, numpy arrays) are alive: none
+            may outlive it.  Nothing was closed.
         """
         if self._closed:
             return
@@ -1098,6 +1205,9 @@ cdef class Region:
             pthread_mutex_destroy(&self._mu)
 
 
+# no_gc_clear: its __dealloc__ needs `region` to take its bitmap out of the
+# region's consumers.
+@cython.no_gc_clear
 @cython.auto_pickle(False)
 cdef class _Tracker:
     """A consumer of a region's written state of its own (see the top of

@@ -43,12 +43,39 @@ def _probe(str name):
 
 
 def backends():
-    """Every backend in preference order, as BackendInfo(name, available, reason)."""
+    """Every backend, in preference order, and whether it can run here.
+
+    Each backend's availability is decided once per process by a real round
+    trip on a scratch region (arm, write, read, reset), not by version
+    sniffing; a probe that failed for want of a resource (no descriptor, no
+    memory) is tried again on the next call.
+
+    Returns
+    -------
+    list of BackendInfo
+        ``BackendInfo(name, available, reason)``: `reason` says what the
+        backend uses here, or why it cannot run.
+
+    Examples
+    --------
+    >>> import writewatch
+    >>> [b.name for b in writewatch.backends()]
+    ['pagemap', 'uffd', 'mprotect', 'softdirty']
+    """
     return [BackendInfo(name, *_probe(name)) for name in BACKEND_NAMES]
 
 
 def default_backend():
-    """The backend a Region gets with backend=None here and now."""
+    """The name of the backend a Region gets with ``backend=None`` here and
+    now: ``$WRITEWATCH_BACKEND`` if set, else the first available one.
+
+    Raises
+    ------
+    ValueError
+        ``$WRITEWATCH_BACKEND`` names no backend.
+    writewatch.BackendUnavailable
+        That backend (or, without the variable, every backend) cannot run.
+    """
     return _choose_backend(None)[0]
 
 

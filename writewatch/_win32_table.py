@@ -41,7 +41,7 @@ class Allocation:
     pages and its lock (see the module docstring)."""
 
     __slots__ = ("base", "end", "protect", "region", "watch", "runs", "latched",
-                 "lock", "__weakref__")
+                 "lock", "_spans", "_span_starts", "__weakref__")
 
     def __init__(self, base, end, protect, region, watch):
         self.base = base
@@ -50,6 +50,8 @@ class Allocation:
         self.region = region
         self.watch = watch              # MEM_WRITE_WATCH
         self.runs = [(base, end, RESERVED, 0)]
+        self._spans = []                # committed (start, end), protections merged
+        self._span_starts = []
         self.latched = set()            # page addresses
         self.lock = threading.Lock()
         _all.add(self)
@@ -75,8 +77,21 @@ class Allocation:
         return out
 
     def committed_in(self, start, end):
-        """The committed parts of [start, end) as (start, end) pairs."""
-        return [(s, e) for s, e, state, _ in self.runs_in(start, end) if state == COMMITTED]
+        """The committed parts of [start, end) as (start, end) pairs, runs
+        of different protections merged (what a scan walks).  The hot path
+        of every GetWriteWatch: a range inside one committed span costs a
+        bisect."""
+        spans = self._spans
+        i = bisect.bisect_right(self._span_starts, start) - 1
+        if i >= 0 and spans[i][1] >= end:
+            return [(start, end)]
+        out = []
+        for s, e in spans[max(i, 0):]:
+            if s >= end:
+                break
+            if e > start:
+                out.append((max(s, start), min(e, end)))
+        return out
 
     def all_committed(self, start, end):
         return all(state == COMMITTED for _, _, state, _ in self.runs_in(start, end))
@@ -113,6 +128,16 @@ class Allocation:
             else:
                 merged.append(run)
         self.runs = merged
+        spans = []
+        for s, e, state, _ in merged:
+            if state != COMMITTED:
+                continue
+            if spans and spans[-1][1] == s:
+                spans[-1] = (spans[-1][0], e)
+            else:
+                spans.append((s, e))
+        self._spans = spans
+        self._span_starts = [s for s, _ in spans]
 
     def latched_in(self, start, end):
         """Latched pages in [start, end), ascending."""

@@ -166,12 +166,30 @@ _tls = _threading.local()
 
 
 def GetLastError():
-    """The calling thread's last-error code (0 until something sets it)."""
+    """The calling thread's last-error code.
+
+    Returns
+    -------
+    int
+        The ``ERROR_*`` code the last failing call of this thread set (0
+        until one did, or what :func:`SetLastError` set).
+    """
     return getattr(_tls, "error", 0)
 
 
 def SetLastError(code):
-    """Set the calling thread's last-error code (a DWORD)."""
+    """Set the calling thread's last-error code.
+
+    Parameters
+    ----------
+    code : int
+        A DWORD.
+
+    Raises
+    ------
+    TypeError, OverflowError
+        `code` is not an integer, or does not fit 32 bits.
+    """
     _tls.error = _dword(code, "code")
 
 
@@ -276,15 +294,60 @@ def _locked(address):
 # -- VirtualAlloc / VirtualFree / VirtualProtect / VirtualQuery -----------
 
 def VirtualAlloc(address, size, allocation_type, protect):
-    """Reserve and/or commit pages.  Returns the base address of what was
-    reserved or committed, or 0 with the thread's last error set:
-    ERROR_INVALID_PARAMETER (bad size, type or protection; MEM_WRITE_WATCH
-    without MEM_RESERVE), ERROR_INVALID_ADDRESS (the address range is taken,
-    or for a commit not inside one reservation), ERROR_NOT_ENOUGH_MEMORY (the
-    kernel refused a mapping), ERROR_COMMITMENT_LIMIT (committing would need
-    more memory for page tables and write-watch state than the process can
-    get; a reservation stays as it was), ERROR_NOT_SUPPORTED (MEM_WRITE_WATCH
-    but no write-watch backend can run here)."""
+    """Reserve and/or commit pages, as Windows' ``VirtualAlloc``.
+
+    ``MEM_RESERVE`` makes an allocation at a multiple of
+    :data:`ALLOCATION_GRANULARITY` (`address` 0: anywhere; else rounded down
+    to it); with ``MEM_WRITE_WATCH`` its writes are tracked, on the backend
+    chosen now (``$WRITEWATCH_BACKEND``, else the best one here).  A
+    reservation costs no page tables.  ``MEM_COMMIT`` (with `address` 0: a
+    reservation and a commit) makes pages accessible with `protect`: freshly
+    committed pages read as zero and are armed (clean); pages already
+    committed keep their contents and written state and get the new
+    protection.
+
+    Parameters
+    ----------
+    address : int
+        Where (0: anywhere, for a reservation).
+    size : int
+        Bytes; the range rounds out to whole pages.
+    allocation_type : int
+        ``MEM_RESERVE``, ``MEM_COMMIT``, ``MEM_WRITE_WATCH``, ``MEM_RESET``,
+        ``MEM_RESET_UNDO``, ``MEM_TOP_DOWN`` (ignored).
+    protect : int
+        One of the six plain ``PAGE_*`` protections.
+
+    Returns
+    -------
+    int
+        The base address of what was reserved or committed, or 0 with the
+        thread's last error set: ``ERROR_INVALID_PARAMETER`` (bad size, type
+        or protection; ``MEM_WRITE_WATCH`` without ``MEM_RESERVE``),
+        ``ERROR_INVALID_ADDRESS`` (the range is taken, or a commit not inside
+        one reservation), ``ERROR_NOT_ENOUGH_MEMORY`` (the kernel refused a
+        mapping), ``ERROR_COMMITMENT_LIMIT`` (arming the commit would need
+        more memory for page tables and write-watch state than the process
+        can get; the reservation stays as it was), ``ERROR_NOT_SUPPORTED``
+        (``MEM_WRITE_WATCH`` but no write-watch backend can run here).
+
+    Raises
+    ------
+    TypeError, OverflowError
+        An argument is not an integer, or does not fit its C type.
+    ValueError
+        ``$WRITEWATCH_BACKEND`` names no backend.
+
+    Examples
+    --------
+    >>> from writewatch import win32 as w
+    >>> base = w.VirtualAlloc(0, 1 << 30, w.MEM_RESERVE | w.MEM_WRITE_WATCH,
+    ...                       w.PAGE_READWRITE)       # 1 GiB reserved: nothing armed
+    >>> w.VirtualAlloc(base, 0x10000, w.MEM_COMMIT, w.PAGE_READWRITE) == base
+    True
+    >>> w.VirtualFree(base, 0, w.MEM_RELEASE)
+    True
+    """
     address = _size_t(address, "address")
     size = _size_t(size, "size")
     kind = _dword(allocation_type, "allocation_type")
@@ -382,13 +445,32 @@ def _reset_pages(address, size):
 
 @_win32_errors(False)
 def VirtualFree(address, size, free_type):
-    """MEM_DECOMMIT a page range (size 0 at an allocation's base: all of it)
-    or MEM_RELEASE a whole allocation (address its base, size 0).  Returns
-    True, or False with the last error: ERROR_INVALID_PARAMETER (bad type,
-    MEM_RELEASE with a size), ERROR_INVALID_ADDRESS (not inside one
-    allocation, or not its base where the base is required).  A decommit
-    drops the pages' contents, their page tables and the written state no
-    VirtualProtect latched."""
+    """Decommit pages or release an allocation, as Windows' ``VirtualFree``.
+
+    ``MEM_DECOMMIT`` of a page range (size 0 at an allocation's base: all of
+    it) drops the pages' contents, their page tables and the written state
+    that no :func:`VirtualProtect` latched; the pages become reserved.
+    ``MEM_RELEASE`` (address the allocation's base, size 0) unmaps it.
+
+    Parameters
+    ----------
+    address, size : int
+    free_type : int
+        Exactly ``MEM_DECOMMIT`` or ``MEM_RELEASE``.
+
+    Returns
+    -------
+    bool
+        True, or False with the last error: ``ERROR_INVALID_PARAMETER``
+        (bad type, ``MEM_RELEASE`` with a size), ``ERROR_INVALID_ADDRESS``
+        (not inside one allocation, or not its base where the base is
+        required).
+
+    Raises
+    ------
+    TypeError, OverflowError
+        An argument is not an integer, or does not fit its C type.
+    """
     address = _size_t(address, "address")
     size = _size_t(size, "size")
     free_type = _dword(free_type, "free_type")
@@ -431,12 +513,32 @@ def VirtualFree(address, size, free_type):
 
 @_win32_errors((False, 0))
 def VirtualProtect(address, size, new_protect):
-    """Change the protection of committed pages.  Returns (True,
-    old_protect) -- the first page's previous protection -- or (False, 0)
-    with the last error: ERROR_INVALID_PARAMETER (bad protection or size 0),
-    ERROR_INVALID_ADDRESS (not inside one allocation, or a page in the
-    range is not committed).  Not a write; with MEM_WRITE_WATCH it latches
-    the written state of the pages it covers (a decommit keeps it)."""
+    """Change the protection of committed pages, as Windows' ``VirtualProtect``.
+
+    Not a write.  On a ``MEM_WRITE_WATCH`` allocation it latches the written
+    state of the pages it covers: a later decommit keeps it (Windows does;
+    Wine's ``test_write_watch``).
+
+    Parameters
+    ----------
+    address, size : int
+        The range, rounded out to whole pages.
+    new_protect : int
+        One of the six plain ``PAGE_*`` protections.
+
+    Returns
+    -------
+    (bool, int)
+        ``(True, old_protect)`` -- the first page's previous protection --
+        or ``(False, 0)`` with the last error: ``ERROR_INVALID_PARAMETER``
+        (bad protection or size 0), ``ERROR_INVALID_ADDRESS`` (not inside one
+        allocation, or a page in the range is not committed).
+
+    Raises
+    ------
+    TypeError, OverflowError
+        An argument is not an integer, or does not fit its C type.
+    """
     address = _size_t(address, "address")
     size = _size_t(size, "size")
     new_protect = _dword(new_protect, "new_protect")
@@ -463,11 +565,27 @@ def VirtualProtect(address, size, new_protect):
 
 
 def VirtualQuery(address):
-    """MEMORY_BASIC_INFORMATION for the page holding `address`: inside an
-    allocation, the run of pages from there on with the same state and
-    protection (write-watch state never shows); free memory as MEM_FREE up
-    to the next mapping; memory mapped by others as Linux describes it.
-    None, with ERROR_INVALID_PARAMETER, beyond the user address space."""
+    """Describe the memory at an address, as Windows' ``VirtualQuery``.
+
+    Parameters
+    ----------
+    address : int
+
+    Returns
+    -------
+    MEMORY_BASIC_INFORMATION or None
+        Inside an allocation: the run of pages from the page holding
+        `address` on with the same state and protection (write-watch state
+        never splits it).  Free memory: ``MEM_FREE`` up to the next mapping.
+        Memory mapped by others: as Linux's ``/proc/self/maps`` describes
+        it.  None, with ``ERROR_INVALID_PARAMETER``, beyond the user address
+        space.
+
+    Raises
+    ------
+    TypeError, OverflowError
+        `address` is not an integer, or does not fit 64 bits.
+    """
     address = _size_t(address, "address")
     if address > MAXIMUM_APPLICATION_ADDRESS:
         return _fail(ERROR_INVALID_PARAMETER, None)
@@ -526,21 +644,63 @@ def _protect_from_prot(prot):
 # -- write watch ----------------------------------------------------------
 
 def GetWriteWatch(flags, base, size, addresses, count):
-    """Written pages of [base, base+size) in the caller's buffer.
+    """The written pages of a range in the caller's buffer, as Windows'
+    ``GetWriteWatch``.
 
-    `addresses`: a writable buffer of at least `count` unsigned 64-bit slots
-    (numpy uint64 array, array('Q'), ctypes array) or None for NULL; `count`
-    the slots to fill, or None for NULL.  Returns (0, n, PAGE_SIZE) with the
-    n page addresses, ascending, in the first n slots and nothing written
-    past them; with WRITE_WATCH_FLAG_RESET exactly those n pages are re-armed
-    atomically with reading them.  Pages a VirtualProtect latched count as
-    written, decommitted or not.  On failure returns (0xFFFFFFFF, count, 0)
-    with the last error set, checking in this order: count NULL ->
-    ERROR_NOACCESS; count or size 0 -> ERROR_INVALID_PARAMETER; unknown flag
-    bits -> ERROR_INVALID_PARAMETER; addresses NULL -> ERROR_NOACCESS; the
-    page-rounded range not wholly inside one MEM_WRITE_WATCH allocation ->
-    ERROR_INVALID_PARAMETER; addresses read-only or shorter than count ->
-    ERROR_NOACCESS.
+    Parameters
+    ----------
+    flags : int
+        0 or ``WRITE_WATCH_FLAG_RESET``: re-arm exactly the reported pages,
+        atomically with reading them.
+    base, size : int
+        The range; `base` rounds down and the end up to whole pages, and it
+        must lie inside one ``MEM_WRITE_WATCH`` allocation.  Only committed
+        pages are walked; pages a :func:`VirtualProtect` latched count as
+        written, decommitted or not.
+    addresses : writable buffer or None
+        At least `count` unsigned 64-bit slots (numpy ``uint64`` array,
+        ``array('Q')``, a ctypes array, a ``bytearray``); None is NULL.
+    count : int or None
+        Slots to fill; None is NULL.
+
+    Returns
+    -------
+    (int, int or None, int)
+        ``(0, n, PAGE_SIZE)`` with the first n slots holding page addresses,
+        ascending, and nothing written past them; when more pages were
+        written than `count`, the first `count` are reported (and reset).
+        On failure ``(0xFFFFFFFF, count, 0)`` with the buffer untouched and
+        the last error set, checked in Windows' order: `count` NULL ->
+        ``ERROR_NOACCESS``; `count` or `size` 0 -> ``ERROR_INVALID_PARAMETER``;
+        unknown flag bits -> ``ERROR_INVALID_PARAMETER``; `addresses` NULL ->
+        ``ERROR_NOACCESS``; the range not inside one ``MEM_WRITE_WATCH``
+        allocation -> ``ERROR_INVALID_PARAMETER``; `addresses` read-only,
+        too short, or over inaccessible pages of this module's allocations
+        -> ``ERROR_NOACCESS``.
+
+    Raises
+    ------
+    TypeError
+        An argument is not an integer, or `addresses` is not a contiguous
+        buffer.
+    OverflowError
+        An argument does not fit its C type.
+    writewatch.ForkedRegionError
+        The allocation was made in the parent of this forked process.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from writewatch import win32 as w
+    >>> base = w.VirtualAlloc(0, 0x10000, w.MEM_RESERVE | w.MEM_COMMIT | w.MEM_WRITE_WATCH,
+    ...                       w.PAGE_READWRITE)
+    >>> import ctypes; ctypes.c_uint8.from_address(base + 0x3000).value = 1
+    >>> out = np.zeros(16, dtype=np.uint64)
+    >>> result, n, granularity = w.GetWriteWatch(w.WRITE_WATCH_FLAG_RESET, base, 0x10000, out, 16)
+    >>> result, n, granularity, hex(int(out[0]) - base)
+    (0, 1, 4096, '0x3000')
+    >>> w.VirtualFree(base, 0, w.MEM_RELEASE)
+    True
     """
     if count is None:
         _tls.error = ERROR_NOACCESS
@@ -629,11 +789,28 @@ def _page_runs(alloc, pages):
 
 
 def ResetWriteWatch(base, size):
-    """Re-arm [base, base+size): none of its pages counts as written after,
-    latched ones included.  Returns 0, or 0xFFFFFFFF with
-    ERROR_INVALID_PARAMETER when size is 0 or the page-rounded range is not
-    inside one MEM_WRITE_WATCH allocation.  Reserved pages in the range are
-    fine (they are never written)."""
+    """Re-arm a range, as Windows' ``ResetWriteWatch``: none of its pages
+    counts as written afterwards, latched ones included.
+
+    Parameters
+    ----------
+    base, size : int
+        The range, rounded out to whole pages, inside one ``MEM_WRITE_WATCH``
+        allocation.  Reserved pages in it are fine (they are never written).
+
+    Returns
+    -------
+    int
+        0, or 0xFFFFFFFF with ``ERROR_INVALID_PARAMETER`` when `size` is 0 or
+        the range is not inside one ``MEM_WRITE_WATCH`` allocation.
+
+    Raises
+    ------
+    TypeError, OverflowError
+        An argument is not an integer, or does not fit 64 bits.
+    writewatch.ForkedRegionError
+        The allocation was made in the parent of this forked process.
+    """
     if type(base) is not int or type(size) is not int or (base | size) >> _U64:
         _, base, size, _ = _convert(0, base, size, 0)
     if not size:

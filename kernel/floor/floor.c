@@ -27,18 +27,47 @@
  *                        (SIGSEGV + mprotect, what `mprotect` uses) or none
  *                        (a write to an already writable page: the loop).
  *
+ * The scale patterns (one run each repeats until the budget is spent):
+ *
+ *   wine:THREADS:PAGES:DELAY_US:WRITES
+ *                        Wine's write-watch microbenchmark: THREADS pthreads
+ *                        make WRITES random writes each to a PAGES-page
+ *                        region while this thread makes a get-and-reset of it
+ *                        every DELAY_US.  Two lines: time per write (the
+ *                        run's wall time times the CPUs the writers can use,
+ *                        divided by the writes) and time per get-and-reset.
+ *   gc:SIZE:K:BATCH      the .NET GC's pattern: K random pages of SIZE
+ *                        written (outside the timer), then get without reset
+ *                        in calls of at most BATCH addresses, each resuming
+ *                        after the last address returned, then one reset of
+ *                        the whole region.  Time per round.
+ *   reserve:SIZE:COMMIT:K  a PROT_NONE reservation of SIZE, COMMIT bytes of
+ *                        it committed and armed (mprotect, UFFDIO_REGISTER,
+ *                        UFFDIO_WRITEPROTECT), K of its pages written, a scan
+ *                        of the committed range, munmap: time and VmPTE for
+ *                        each step.
+ *   regions:COUNT:SIZE   COUNT regions of SIZE bytes mapped one after another
+ *                        and sharing one userfaultfd, one page written in
+ *                        each, get-and-reset of all: one scan per region, and
+ *                        one scan per run of adjacent regions.  Time per
+ *                        region, and what making and unmapping one costs.
+ *
  * SIZE takes a K, M or G suffix (KiB, MiB, GiB).  Each workload repeats until
  * --budget-ms has passed (at least --min-reps, at most --max-reps times) and
- * prints one JSON line: {"workload": ..., "unit": "frame"|"call"|"page",
- * "n": repeats, "median_ns": ..., "min_ns": ..., ...}.  A workload the kernel
- * cannot run prints {"workload": ..., "skip": reason}; a failure prints
- * {"workload": ..., "error": ...} and makes the exit status 1.
+ * prints one JSON line per result: {"workload": ..., "unit": "frame"|"call"|
+ * "page"|..., "n": repeats, "median_ns": ..., "min_ns": ..., ...}.  A workload
+ * the kernel cannot run prints {"workload": ..., "skip": reason}; a failure
+ * prints {"workload": ..., "error": ...} and makes the exit status 1.
+ *
+ * Built with -DWW_FLOOR_LIBRARY (setup.py makes writewatch/_bin/libwwfloor.so)
+ * there is no main(): the scale patterns' functions are the library's API.
  */
 #define _GNU_SOURCE 1
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -59,9 +88,6 @@
 
 static size_t page_size;
 static int pagemap_fd = -1;
-static double budget_ns = 200e6;
-static long min_reps = 3, max_reps = 100000;
-static int failed;
 static char error_buf[512];
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -73,85 +99,18 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static uint64_t rng_state = 0x9e3779b97f4a7c15u;
-
-static uint64_t splitmix64(void)
+static uint64_t splitmix64_r(uint64_t *state)
 {
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15u);
+    uint64_t z = (*state += 0x9e3779b97f4a7c15u);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
     return z ^ (z >> 31);
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-static int cmp_size(const void *a, const void *b)
-{
-    size_t x = *(const size_t *)a, y = *(const size_t *)b;
-    return x < y ? -1 : x > y;
-}
-
-/* Sorts `t` in place; returns its median. */
-static double median(uint64_t *t, long n)
-{
-    qsort(t, n, sizeof *t, cmp_u64);
-    return n % 2 ? (double)t[n / 2] : ((double)t[n / 2 - 1] + t[n / 2]) / 2;
 }
 
 static int fail(const char *call)
 {
     snprintf(error_buf, sizeof error_buf, "%s: %s", call, strerror(errno));
     return -1;
-}
-
-static void print_error(const char *spec)
-{
-    printf("{\"workload\": \"%s\", \"error\": \"%s\"}\n", spec, error_buf);
-    fflush(stdout);
-    failed = 1;
-}
-
-static void print_skip(const char *spec, const char *why)
-{
-    printf("{\"workload\": \"%s\", \"skip\": \"%s\"}\n", spec, why);
-    fflush(stdout);
-}
-
-/* Times are per `per` units: median and minimum over the repeats. */
-static void print_result(const char *fields, const char *unit, uint64_t *t, long n,
-                         double per)
-{
-    double med = median(t, n);
-    printf("{%s, \"unit\": \"%s\", \"n\": %ld, \"median_ns\": %.3f, \"min_ns\": %.3f}\n",
-           fields, unit, n, med / per, (double)t[0] / per);
-    fflush(stdout);
-}
-
-static int keep_going(long reps, uint64_t started)
-{
-    if (reps < min_reps)
-        return 1;
-    if (reps >= max_reps)
-        return 0;
-    return (double)(now_ns() - started) < budget_ns;
-}
-
-static size_t parse_size(const char *s)
-{
-    char *end;
-    unsigned long long v = strtoull(s, &end, 10);
-    switch (*end) {
-    case 'K': case 'k': v <<= 10; end++; break;
-    case 'M': case 'm': v <<= 20; end++; break;
-    case 'G': case 'g': v <<= 30; end++; break;
-    }
-    if (*end != '\0' && *end != ':')
-        return 0;
-    return (size_t)v;
 }
 
 /* ---- an async uffd-wp region, as the pagemap backend makes it ------------ */
@@ -278,6 +237,910 @@ static long scan(uintptr_t start, uintptr_t end, int reset, uint64_t *out, size_
     }
     return (long)n;
 }
+
+/* Can this kernel do async uffd-wp?  If not, `why` says why. */
+static int probe_async(char *why, size_t n)
+{
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+    if (fd < 0) {
+        snprintf(why, n, "userfaultfd: %s", strerror(errno));
+        return 0;
+    }
+    struct uffdio_api api = { .api = UFFD_API, .features = 0 };
+    int ok = ioctl(fd, UFFDIO_API, &api) == 0;
+    close(fd);
+    if (!ok) {
+        snprintf(why, n, "ioctl(UFFDIO_API): %s", strerror(errno));
+        return 0;
+    }
+    uint64_t need = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
+    if ((api.features & need) != need) {
+        snprintf(why, n, "userfaultfd lacks WP_ASYNC/WP_UNPOPULATED (Linux >= 6.7 needed)");
+        return 0;
+    }
+    return 1;
+}
+
+
+/* ---- the scale patterns (issue 10) ---------------------------------------
+ *
+ * Four patterns of programs that use write watches at scale.  These
+ * functions are exported: the drivers further down time them for
+ * `writewatch bench`, and libwwfloor.so (this file built with
+ * -DWW_FLOOR_LIBRARY) offers them to the pytest-benchmark suite through
+ * ctypes (writewatch/_bench/floor.py).  Each returns 0 (or a count) on
+ * success and -1 with the reason in ww_floor_error().  Set-up -- mapping,
+ * arming, choosing and writing pages -- stays out of the calls that are
+ * timed; answers are checked against what was written, after the clock.
+ */
+
+const char *ww_floor_error(void)
+{
+    return error_buf;
+}
+
+/* The CPUs this process may run on. */
+int ww_floor_cpus(void)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+        return CPU_COUNT(&set);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+/* Page size, /proc/self/pagemap and the async uffd-wp probe, once.  -1 when
+ * the kernel cannot run the patterns (why: ww_floor_error()). */
+int ww_floor_init(void)
+{
+    static int state;                   /* 0 not yet, 1 usable, -1 not */
+    static char why[256];
+    if (state) {
+        if (state < 0)
+            snprintf(error_buf, sizeof error_buf, "%s", why);
+        return state > 0 ? 0 : -1;
+    }
+    page_size = (size_t)sysconf(_SC_PAGESIZE);
+    state = -1;
+    if (!probe_async(why, sizeof why))
+        return ww_floor_init();
+    if (pagemap_fd < 0)
+        pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    if (pagemap_fd < 0) {
+        snprintf(why, sizeof why, "open(/proc/self/pagemap): %s", strerror(errno));
+        return ww_floor_init();
+    }
+    state = 1;
+    return 0;
+}
+
+/* This process's page tables (VmPTE), in bytes; -1 if unreadable. */
+long long ww_floor_vmpte(void)
+{
+    FILE *f = fopen("/proc/self/status", "re");
+    char line[256];
+    long long kb = -1;
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmPTE:", 6)) {
+            kb = strtoll(line + 6, NULL, 10);
+            break;
+        }
+    fclose(f);
+    return kb < 0 ? -1 : kb * 1024;
+}
+
+/* Re-arm every written page of [start, end) without reporting: what
+ * Region.reset_write_watch does (a scan that write-protects what it
+ * matches; the vec is never NULL, see kernel/README.md). */
+static int reset_range(uintptr_t start, uintptr_t end)
+{
+    struct page_region vec[SCAN_VEC_LEN];
+    struct pm_scan_arg arg;
+    memset(&arg, 0, sizeof arg);
+    arg.size = sizeof arg;
+    arg.flags = PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC;
+    arg.vec = (uintptr_t)vec;
+    arg.vec_len = SCAN_VEC_LEN;
+    arg.category_mask = PAGE_IS_WRITTEN;
+    arg.return_mask = PAGE_IS_WRITTEN;
+    uintptr_t pos = start;
+    while (pos < end) {
+        arg.start = pos;
+        arg.end = end;
+        if (ioctl(pagemap_fd, PAGEMAP_SCAN, &arg) < 0) {
+            if (errno == EINTR)
+                continue;
+            return fail("ioctl(PAGEMAP_SCAN)");
+        }
+        if (arg.walk_end <= pos) {
+            errno = EIO;
+            return fail("ioctl(PAGEMAP_SCAN) made no progress");
+        }
+        pos = arg.walk_end;
+    }
+    return 0;
+}
+
+/* The byte a pattern writes in page `page`: a cache line that varies with
+ * the page, so that random pages do not all land in one cache set.  The
+ * Python workloads write the same bytes (writewatch/_bench/workloads.py). */
+static size_t write_offset(size_t page)
+{
+    return page * page_size + (page % 64) * 64;
+}
+
+/* `count` distinct pages out of `npages`, sorted (a partial Fisher-Yates
+ * shuffle of `perm`, which holds a permutation of 0..npages-1). */
+static int cmp_size_t(const void *a, const void *b)
+{
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void choose_pages(uint64_t *rng, uint32_t *perm, size_t npages, size_t *out,
+                         size_t count)
+{
+    for (size_t i = 0; i < count; i++) {
+        size_t j = i + splitmix64_r(rng) % (npages - i);
+        uint32_t x = perm[i];
+        perm[i] = perm[j];
+        perm[j] = x;
+        out[i] = perm[i];
+    }
+    qsort(out, count, sizeof *out, cmp_size_t);
+}
+
+static uint32_t *identity(size_t n)
+{
+    uint32_t *p = malloc(n * sizeof *p);
+    if (p)
+        for (size_t i = 0; i < n; i++)
+            p[i] = (uint32_t)i;
+    return p;
+}
+
+/* -- Wine's write-watch microbenchmark ------------------------------------
+ * THREADS threads write random pages of a PAGES-page region (populated and
+ * armed), WRITES writes each; meanwhile the calling thread sleeps DELAY_US
+ * and makes one get-and-reset of the whole region (GetWriteWatch with
+ * WRITE_WATCH_FLAG_RESET), again and again until the writers are done.
+ * Wine's program (attached to its merge request, 7871) is not reproduced
+ * here; this follows its description: threads, pages, delay, random writes,
+ * reset in the call. */
+
+struct ww_wine {
+    struct region r;
+    int threads;
+    size_t pages, writes;       /* writes per thread */
+    size_t *offs;               /* threads * writes byte offsets */
+    uint8_t *written, *seen;    /* per page: written by a writer; reported */
+    uint64_t *out;
+    uint64_t rng;
+    uint64_t reported;          /* pages the timed calls reported, all runs */
+};
+
+struct wine_start {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int go, abort, finished;
+};
+
+struct wine_writer {
+    pthread_t thread;
+    volatile char *base;
+    const size_t *offs;
+    size_t n;
+    uint64_t end_ns, cpu_ns;
+    struct wine_start *start;
+};
+
+static uint64_t cpu_clock_ns(clockid_t clock)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void *wine_write(void *p)
+{
+    struct wine_writer *w = p;
+    struct wine_start *s = w->start;
+    pthread_mutex_lock(&s->lock);
+    while (!s->go)
+        pthread_cond_wait(&s->cond, &s->lock);
+    int abort = s->abort;
+    pthread_mutex_unlock(&s->lock);
+    uint64_t c0 = cpu_clock_ns(CLOCK_THREAD_CPUTIME_ID);
+    if (!abort)
+        for (size_t i = 0; i < w->n; i++)
+            w->base[w->offs[i]] = (char)i;
+    w->cpu_ns = cpu_clock_ns(CLOCK_THREAD_CPUTIME_ID) - c0;
+    w->end_ns = now_ns();
+    __atomic_add_fetch(&s->finished, 1, __ATOMIC_RELEASE);
+    return NULL;
+}
+
+/* Pages reported by the timed calls of every run so far. */
+uint64_t ww_floor_wine_reported(struct ww_wine *w)
+{
+    return w->reported;
+}
+
+void ww_floor_wine_free(struct ww_wine *w)
+{
+    if (!w)
+        return;
+    unmap_region(&w->r);
+    free(w->offs);
+    free(w->written);
+    free(w->seen);
+    free(w->out);
+    free(w);
+}
+
+struct ww_wine *ww_floor_wine_new(int threads, size_t pages, size_t writes, uint64_t seed)
+{
+    if (ww_floor_init() < 0)
+        return NULL;
+    if (threads < 1 || threads > 1024 || pages == 0 || writes == 0) {
+        errno = EINVAL;
+        fail("wine: THREADS must be 1..1024, PAGES and WRITES positive");
+        return NULL;
+    }
+    struct ww_wine *w = calloc(1, sizeof *w);
+    if (!w) {
+        fail("malloc");
+        return NULL;
+    }
+    w->r.uffd = -1;
+    w->threads = threads;
+    w->pages = pages;
+    w->writes = writes;
+    w->rng = seed;
+    w->offs = malloc((size_t)threads * writes * sizeof *w->offs);
+    w->written = malloc(pages);
+    w->seen = malloc(pages);
+    w->out = malloc(pages * sizeof *w->out);
+    if (!w->offs || !w->written || !w->seen || !w->out) {
+        fail("malloc");
+        goto bad;
+    }
+    if (async_region(&w->r, pages * page_size) < 0)
+        goto bad;
+    touch_pages(w->r.base, w->r.size, page_size, 1);       /* populated, */
+    if (reset_range((uintptr_t)w->r.base, (uintptr_t)w->r.base + w->r.size) < 0)
+        goto bad;                                          /* and armed */
+    return w;
+bad:
+    ww_floor_wine_free(w);
+    return NULL;
+}
+
+static void wine_mark(struct ww_wine *w, long n)
+{
+    for (long i = 0; i < n; i++)
+        w->seen[(w->out[i] - (uintptr_t)w->r.base) / page_size] = 1;
+}
+
+/* One run.  *wall_ns: from the writers' start to the last writer's end;
+ * *cpu_ns: the CPU time the writers used in all; *proc_ns: the CPU time the
+ * whole process used meanwhile (writers, faults, calls); call_ns[]: each
+ * get-and-reset made while writers were running (the first max_calls are
+ * kept; *ncalls says how many were made).  Every page written must have been
+ * reported by one of the calls or by a last one after the run, and no other
+ * page. */
+int ww_floor_wine_run(struct ww_wine *w, unsigned delay_us, uint64_t *wall_ns,
+                      uint64_t *cpu_ns, uint64_t *proc_ns, uint64_t *call_ns,
+                      size_t max_calls, size_t *ncalls)
+{
+    size_t total = (size_t)w->threads * w->writes, calls = 0;
+    uintptr_t base = (uintptr_t)w->r.base, end = base + w->r.size;
+    struct wine_start s = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0 };
+    struct wine_writer *ws = calloc(w->threads, sizeof *ws);
+    struct timespec nap = { .tv_sec = delay_us / 1000000,
+                            .tv_nsec = (long)(delay_us % 1000000) * 1000 };
+    int started = 0, rc = -1;
+    uint64_t t0 = 0, t1 = 0, cpu = 0, p0 = 0, p1 = 0;
+    if (!ws)
+        return fail("malloc");
+    memset(w->written, 0, w->pages);
+    memset(w->seen, 0, w->pages);
+    for (size_t i = 0; i < total; i++) {
+        size_t page = splitmix64_r(&w->rng) % w->pages;
+        w->offs[i] = write_offset(page);
+        w->written[page] = 1;
+    }
+    for (; started < w->threads; started++) {
+        struct wine_writer *x = &ws[started];
+        x->base = w->r.base;
+        x->offs = w->offs + (size_t)started * w->writes;
+        x->n = w->writes;
+        x->start = &s;
+        if ((errno = pthread_create(&x->thread, NULL, wine_write, x)) != 0) {
+            fail("pthread_create");
+            break;
+        }
+    }
+    pthread_mutex_lock(&s.lock);
+    s.go = 1;
+    s.abort = started < w->threads;
+    p0 = cpu_clock_ns(CLOCK_PROCESS_CPUTIME_ID);
+    t0 = now_ns();
+    pthread_cond_broadcast(&s.cond);
+    pthread_mutex_unlock(&s.lock);
+    if (s.abort)
+        goto join;
+    for (;;) {
+        nanosleep(&nap, NULL);
+        if (__atomic_load_n(&s.finished, __ATOMIC_ACQUIRE) == w->threads)
+            break;
+        uint64_t c0 = now_ns();
+        long got = scan(base, end, 1, w->out, w->pages);
+        uint64_t c1 = now_ns();
+        if (got < 0)
+            goto join;
+        if (calls < max_calls)
+            call_ns[calls] = c1 - c0;
+        calls++;
+        w->reported += (uint64_t)got;
+        wine_mark(w, got);
+    }
+    rc = 0;
+join:
+    for (int i = 0; i < started; i++) {
+        pthread_join(ws[i].thread, NULL);
+        if (ws[i].end_ns > t1)
+            t1 = ws[i].end_ns;
+        cpu += ws[i].cpu_ns;
+    }
+    p1 = cpu_clock_ns(CLOCK_PROCESS_CPUTIME_ID);
+    free(ws);
+    if (rc < 0)
+        return rc;
+    long got = scan(base, end, 1, w->out, w->pages);        /* the rest */
+    if (got < 0)
+        return -1;
+    wine_mark(w, got);
+    for (size_t p = 0; p < w->pages; p++)
+        if (w->written[p] != w->seen[p]) {
+            snprintf(error_buf, sizeof error_buf, "wine: page %zu %s", p,
+                     w->written[p] ? "written, never reported" : "reported, never written");
+            return -1;
+        }
+    *wall_ns = t1 - t0;
+    *cpu_ns = cpu;
+    *proc_ns = p1 - p0;
+    *ncalls = calls;
+    return 0;
+}
+
+/* -- the .NET GC pattern ---------------------------------------------------
+ * A SIZE heap; a round writes K random pages (outside the timer: the
+ * program's allocations), then the GC asks for the written pages in calls of
+ * at most BATCH addresses without reset, each resuming after the last
+ * address the previous call returned, and finally resets the whole heap.
+ * The rounds cycle through GC_SETS page sets, so the heap's memory stays at
+ * GC_SETS * K pages however many rounds run. */
+
+#define GC_SETS 4
+
+struct ww_gc {
+    struct region r;
+    size_t pages, k, batch, round, got;
+    size_t *sets;               /* GC_SETS * k sorted page numbers */
+    uint64_t *out;              /* what the last round reported (k + batch) */
+};
+
+void ww_floor_gc_free(struct ww_gc *g)
+{
+    if (!g)
+        return;
+    unmap_region(&g->r);
+    free(g->sets);
+    free(g->out);
+    free(g);
+}
+
+struct ww_gc *ww_floor_gc_new(size_t size, size_t k, size_t batch, uint64_t seed)
+{
+    if (ww_floor_init() < 0)
+        return NULL;
+    if (size == 0 || size % page_size || k == 0 || k > size / page_size || batch == 0) {
+        errno = EINVAL;
+        fail("gc: SIZE a positive multiple of the page size, K 1..its pages, BATCH positive");
+        return NULL;
+    }
+    struct ww_gc *g = calloc(1, sizeof *g);
+    uint32_t *perm = identity(size / page_size);
+    if (!g || !perm) {
+        free(g);
+        free(perm);
+        fail("malloc");
+        return NULL;
+    }
+    g->r.uffd = -1;
+    g->pages = size / page_size;
+    g->k = k;
+    g->batch = batch;
+    g->sets = malloc(GC_SETS * k * sizeof *g->sets);
+    g->out = malloc((k + batch) * sizeof *g->out);
+    if (!g->sets || !g->out) {
+        fail("malloc");
+        goto bad;
+    }
+    for (int i = 0; i < GC_SETS; i++)
+        choose_pages(&seed, perm, g->pages, g->sets + i * k, k);
+    if (async_region(&g->r, size) < 0)
+        goto bad;
+    free(perm);
+    return g;
+bad:
+    free(perm);
+    ww_floor_gc_free(g);
+    return NULL;
+}
+
+/* The program's writes before a GC: the next page set. */
+void ww_floor_gc_write(struct ww_gc *g)
+{
+    const size_t *set = g->sets + (g->round % GC_SETS) * g->k;
+    for (size_t i = 0; i < g->k; i++)
+        ((volatile char *)g->r.base)[write_offset(set[i])] = (char)(g->round + 1);
+}
+
+/* The timed part.  Returns the number of get calls made. */
+long ww_floor_gc_round(struct ww_gc *g)
+{
+    uintptr_t pos = (uintptr_t)g->r.base, end = pos + g->r.size;
+    long calls = 0;
+    g->got = 0;
+    for (;;) {
+        if (g->got > g->k) {            /* out has room for k + batch */
+            snprintf(error_buf, sizeof error_buf,
+                     "gc: more than the %zu pages written were reported", g->k);
+            return -1;
+        }
+        long n = scan(pos, end, 0, g->out + g->got, g->batch);
+        if (n < 0)
+            return -1;
+        calls++;
+        g->got += (size_t)n;
+        if ((size_t)n < g->batch)
+            break;
+        pos = g->out[g->got - 1] + page_size;
+    }
+    if (reset_range((uintptr_t)g->r.base, end) < 0)
+        return -1;
+    g->round++;
+    return calls;
+}
+
+/* Did the last round report exactly the pages written? */
+int ww_floor_gc_check(struct ww_gc *g)
+{
+    const size_t *set = g->sets + ((g->round - 1) % GC_SETS) * g->k;
+    if (g->got != g->k) {
+        snprintf(error_buf, sizeof error_buf, "gc: wrote %zu pages, reported %zu",
+                 g->k, g->got);
+        return -1;
+    }
+    for (size_t i = 0; i < g->k; i++)
+        if (g->out[i] != (uintptr_t)g->r.base + set[i] * page_size) {
+            snprintf(error_buf, sizeof error_buf, "gc: page %zu written, %#llx reported",
+                     set[i], (unsigned long long)(g->out[i] - (uintptr_t)g->r.base));
+            return -1;
+        }
+    return 0;
+}
+
+/* -- the reservation --------------------------------------------------------
+ * What a GC heap does with VirtualAlloc: reserve a large range (PROT_NONE,
+ * no page tables), commit the start of it (mprotect read/write, register it
+ * with a userfaultfd for async write-protect, write-protect it: the page
+ * tables of the committed part only), write K pages, scan the committed
+ * part, unmap. */
+
+struct ww_res {
+    char *base;
+    size_t size, committed, k;
+    int uffd;
+    uint64_t *out;
+    size_t *pages;
+};
+
+struct ww_res *ww_floor_res_new(void)
+{
+    if (ww_floor_init() < 0)
+        return NULL;
+    struct ww_res *r = calloc(1, sizeof *r);
+    if (!r) {
+        fail("malloc");
+        return NULL;
+    }
+    r->uffd = -1;
+    return r;
+}
+
+int ww_floor_res_release(struct ww_res *r)
+{
+    int rc = 0;
+    if (r->base && munmap(r->base, r->size) < 0)
+        rc = fail("munmap");
+    if (r->uffd >= 0)
+        close(r->uffd);
+    r->base = NULL;
+    r->uffd = -1;
+    r->committed = r->k = 0;
+    free(r->out);
+    free(r->pages);
+    r->out = NULL;
+    r->pages = NULL;
+    return rc;
+}
+
+void ww_floor_res_free(struct ww_res *r)
+{
+    if (r) {
+        ww_floor_res_release(r);
+        free(r);
+    }
+}
+
+int ww_floor_res_reserve(struct ww_res *r, size_t size)
+{
+    if (r->base || size == 0 || size % page_size) {
+        errno = EINVAL;
+        return fail("reserve: already reserved, or SIZE not a positive multiple of pages");
+    }
+    void *p = mmap(NULL, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED)
+        return fail("mmap(PROT_NONE)");
+    r->base = p;
+    r->size = size;
+    return 0;
+}
+
+int ww_floor_res_commit(struct ww_res *r, size_t size)
+{
+    if (!r->base || r->committed || size == 0 || size % page_size || size > r->size) {
+        errno = EINVAL;
+        return fail("commit: nothing reserved, already committed, or a bad size");
+    }
+    if (mprotect(r->base, size, PROT_READ | PROT_WRITE) < 0)
+        return fail("mprotect");
+    madvise(r->base, size, MADV_NOHUGEPAGE);
+    if (r->uffd < 0) {
+        r->uffd = uffd_open(UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED, 1);
+        if (r->uffd < 0)
+            return -1;
+    }
+    if (uffd_register_wp(r->uffd, r->base, size) < 0 || uffd_wp(r->uffd, r->base, size, 1) < 0)
+        return -1;
+    r->committed = size;
+    return 0;
+}
+
+/* Write k random pages of the committed range (not timed). */
+int ww_floor_res_write(struct ww_res *r, size_t k, uint64_t seed)
+{
+    size_t npages = r->committed / page_size;
+    if (k == 0 || k > npages) {
+        errno = EINVAL;
+        return fail("reserve: K must be 1..the committed pages");
+    }
+    uint32_t *perm = identity(npages);
+    free(r->pages);
+    free(r->out);
+    r->pages = malloc(k * sizeof *r->pages);
+    r->out = malloc(npages * sizeof *r->out);
+    if (!perm || !r->pages || !r->out) {
+        free(perm);
+        return fail("malloc");
+    }
+    choose_pages(&seed, perm, npages, r->pages, k);
+    free(perm);
+    for (size_t i = 0; i < k; i++)
+        ((volatile char *)r->base)[write_offset(r->pages[i])] = 1;
+    r->k = k;
+    return 0;
+}
+
+/* Get (no reset) over the committed range.  Returns the count. */
+long ww_floor_res_scan(struct ww_res *r)
+{
+    size_t npages = r->committed / page_size;
+    if (!r->out) {
+        errno = EINVAL;
+        return fail("reserve: scan before write");
+    }
+    return scan((uintptr_t)r->base, (uintptr_t)r->base + r->committed, 0, r->out, npages);
+}
+
+int ww_floor_res_check(struct ww_res *r, long got)
+{
+    if ((size_t)got != r->k) {
+        snprintf(error_buf, sizeof error_buf, "reserve: wrote %zu pages, reported %ld",
+                 r->k, got);
+        return -1;
+    }
+    for (size_t i = 0; i < r->k; i++)
+        if (r->out[i] != (uintptr_t)r->base + r->pages[i] * page_size) {
+            snprintf(error_buf, sizeof error_buf, "reserve: page %zu written, not reported",
+                     r->pages[i]);
+            return -1;
+        }
+    return 0;
+}
+
+/* -- many regions ------------------------------------------------------------
+ * COUNT regions of SIZE bytes, each its own mmap, all registered with one
+ * userfaultfd.  Mapped one after another they are usually adjacent, and
+ * adjacent ranges registered with the same userfaultfd merge into one VMA,
+ * so that one scan can cover a whole run of them.  One page is written in
+ * each; a get-and-reset of all of them is either one scan per region
+ * ("each") or one scan per run of adjacent regions ("runs"), whose output
+ * is handed back to the regions it belongs to. */
+
+struct ww_regions {
+    size_t count, size, nruns, total;
+    int uffd;
+    char **base;                /* in creation order */
+    size_t *order;              /* region numbers sorted by address */
+    size_t *run_first;          /* nruns + 1 indices into order */
+    size_t *written;            /* the page written in each region */
+    uint64_t *reported;         /* per region: the one page it reported */
+    uint32_t *nreported;        /* per region: how many pages */
+    uint64_t *out;
+    uint64_t rng;
+};
+
+static struct ww_regions *sort_regions;
+
+static int cmp_region(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t)sort_regions->base[*(const size_t *)a];
+    uintptr_t y = (uintptr_t)sort_regions->base[*(const size_t *)b];
+    return x < y ? -1 : x > y;
+}
+
+/* Unmap every region; *close_ns is the time it took.  Frees g. */
+int ww_floor_regions_free(struct ww_regions *g, uint64_t *close_ns)
+{
+    int rc = 0;
+    if (!g)
+        return 0;
+    uint64_t t0 = now_ns();
+    for (size_t i = 0; i < g->count && g->base; i++)
+        if (g->base[i] && munmap(g->base[i], g->size) < 0)
+            rc = fail("munmap");
+    if (g->uffd >= 0)
+        close(g->uffd);
+    if (close_ns)
+        *close_ns = now_ns() - t0;
+    free(g->base);
+    free(g->order);
+    free(g->run_first);
+    free(g->written);
+    free(g->reported);
+    free(g->nreported);
+    free(g->out);
+    free(g);
+    return rc;
+}
+
+/* Map and arm COUNT regions; *create_ns is the time that took. */
+struct ww_regions *ww_floor_regions_new(size_t count, size_t size, uint64_t seed,
+                                        uint64_t *create_ns)
+{
+    if (ww_floor_init() < 0)
+        return NULL;
+    if (count == 0 || size == 0 || size % page_size) {
+        errno = EINVAL;
+        fail("regions: COUNT positive, SIZE a positive multiple of the page size");
+        return NULL;
+    }
+    struct ww_regions *g = calloc(1, sizeof *g);
+    if (!g) {
+        fail("malloc");
+        return NULL;
+    }
+    g->uffd = -1;
+    g->count = count;
+    g->size = size;
+    g->rng = seed;
+    g->base = calloc(count, sizeof *g->base);
+    g->order = malloc(count * sizeof *g->order);
+    g->run_first = malloc((count + 1) * sizeof *g->run_first);
+    g->written = malloc(count * sizeof *g->written);
+    g->reported = malloc(count * sizeof *g->reported);
+    g->nreported = malloc(count * sizeof *g->nreported);
+    g->out = malloc(count * (size / page_size) * sizeof *g->out);
+    if (!g->base || !g->order || !g->run_first || !g->written || !g->reported ||
+        !g->nreported || !g->out) {
+        fail("malloc");
+        goto bad;
+    }
+    uint64_t t0 = now_ns();
+    g->uffd = uffd_open(UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED, 1);
+    if (g->uffd < 0)
+        goto bad;
+    for (size_t i = 0; i < count; i++) {
+        void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED) {
+            fail("mmap");
+            goto bad;
+        }
+        g->base[i] = p;
+        madvise(p, size, MADV_NOHUGEPAGE);
+        if (uffd_register_wp(g->uffd, p, size) < 0 || uffd_wp(g->uffd, p, size, 1) < 0)
+            goto bad;
+    }
+    if (create_ns)
+        *create_ns = now_ns() - t0;
+    for (size_t i = 0; i < count; i++)
+        g->order[i] = i;
+    sort_regions = g;
+    qsort(g->order, count, sizeof *g->order, cmp_region);
+    g->nruns = 0;
+    for (size_t j = 0; j < count; j++)
+        if (j == 0 || g->base[g->order[j]] != g->base[g->order[j - 1]] + size)
+            g->run_first[g->nruns++] = j;
+    g->run_first[g->nruns] = count;
+    return g;
+bad:
+    ww_floor_regions_free(g, NULL);
+    return NULL;
+}
+
+size_t ww_floor_regions_runs(struct ww_regions *g)
+{
+    return g->nruns;
+}
+
+/* One random page written in each region (not timed). */
+void ww_floor_regions_write(struct ww_regions *g)
+{
+    size_t npages = g->size / page_size;
+    for (size_t i = 0; i < g->count; i++) {
+        g->written[i] = splitmix64_r(&g->rng) % npages;
+        ((volatile char *)g->base[i])[write_offset(g->written[i])] = 1;
+    }
+}
+
+/* One get-and-reset per region.  Returns the pages reported in all. */
+long ww_floor_regions_each(struct ww_regions *g)
+{
+    size_t npages = g->size / page_size;
+    g->total = 0;
+    for (size_t i = 0; i < g->count; i++) {
+        uintptr_t b = (uintptr_t)g->base[i];
+        long n = scan(b, b + g->size, 1, g->out, npages);
+        if (n < 0)
+            return -1;
+        g->nreported[i] = (uint32_t)n;
+        g->reported[i] = n ? g->out[0] : 0;
+        g->total += (size_t)n;
+    }
+    return (long)g->total;
+}
+
+/* One get-and-reset per run of adjacent regions, handed back per region. */
+long ww_floor_regions_scan_runs(struct ww_regions *g)
+{
+    memset(g->nreported, 0, g->count * sizeof *g->nreported);
+    g->total = 0;
+    for (size_t k = 0; k < g->nruns; k++) {
+        size_t first = g->run_first[k], n_in = g->run_first[k + 1] - first;
+        uintptr_t b = (uintptr_t)g->base[g->order[first]];
+        long n = scan(b, b + n_in * g->size, 1, g->out, n_in * (g->size / page_size));
+        if (n < 0)
+            return -1;
+        for (long i = 0; i < n; i++) {
+            size_t region = g->order[first + (g->out[i] - b) / g->size];
+            g->nreported[region]++;
+            g->reported[region] = g->out[i];
+        }
+        g->total += (size_t)n;
+    }
+    return (long)g->total;
+}
+
+/* Did each region report exactly its page? */
+int ww_floor_regions_check(struct ww_regions *g)
+{
+    for (size_t i = 0; i < g->count; i++)
+        if (g->nreported[i] != 1 ||
+            g->reported[i] != (uintptr_t)g->base[i] + g->written[i] * page_size) {
+            snprintf(error_buf, sizeof error_buf,
+                     "regions: region %zu wrote page %zu, reported %u pages", i,
+                     g->written[i], g->nreported[i]);
+            return -1;
+        }
+    return 0;
+}
+
+/* ---- the program ------------------------------------------------------- */
+#ifndef WW_FLOOR_LIBRARY
+
+static double budget_ns = 200e6;
+static long min_reps = 3, max_reps = 100000;
+static int failed;
+static uint64_t rng_state = 0x9e3779b97f4a7c15u;
+
+static uint64_t splitmix64(void)
+{
+    return splitmix64_r(&rng_state);
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int cmp_size(const void *a, const void *b)
+{
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Sorts `t` in place; returns its median. */
+static double median(uint64_t *t, long n)
+{
+    qsort(t, n, sizeof *t, cmp_u64);
+    return n % 2 ? (double)t[n / 2] : ((double)t[n / 2 - 1] + t[n / 2]) / 2;
+}
+
+
+static void print_error(const char *spec)
+{
+    printf("{\"workload\": \"%s\", \"error\": \"%s\"}\n", spec, error_buf);
+    fflush(stdout);
+    failed = 1;
+}
+
+static void print_skip(const char *spec, const char *why)
+{
+    printf("{\"workload\": \"%s\", \"skip\": \"%s\"}\n", spec, why);
+    fflush(stdout);
+}
+
+/* Times are per `per` units: median and minimum over the repeats. */
+static void print_result(const char *fields, const char *unit, uint64_t *t, long n,
+                         double per)
+{
+    double med = median(t, n);
+    printf("{%s, \"unit\": \"%s\", \"n\": %ld, \"median_ns\": %.3f, \"min_ns\": %.3f}\n",
+           fields, unit, n, med / per, (double)t[0] / per);
+    fflush(stdout);
+}
+
+static int keep_going(long reps, uint64_t started)
+{
+    if (reps < min_reps)
+        return 1;
+    if (reps >= max_reps)
+        return 0;
+    return (double)(now_ns() - started) < budget_ns;
+}
+
+static size_t parse_size(const char *s)
+{
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    switch (*end) {
+    case 'K': case 'k': v <<= 10; end++; break;
+    case 'M': case 'm': v <<= 20; end++; break;
+    case 'G': case 'g': v <<= 30; end++; break;
+    }
+    if (*end != '\0' && *end != ':')
+        return 0;
+    return (size_t)v;
+}
+
 
 /* ---- workloads ---------------------------------------------------------- */
 
@@ -651,35 +1514,253 @@ done:
     return rc;
 }
 
-/* ---- main --------------------------------------------------------------- */
+/* ---- the scale patterns, timed ------------------------------------------ */
 
-static int probe_async(char *why, size_t n)
+/* The colon-separated numbers after "kind:" (K/M/G suffixes allowed), each
+ * positive; returns how many were read, or -1 on a malformed field. */
+static int parse_fields(const char *s, size_t *out, int max)
 {
-    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
-    if (fd < 0) {
-        snprintf(why, n, "userfaultfd: %s", strerror(errno));
-        return 0;
+    int n = 0;
+    while (*s && n < max) {
+        size_t v = parse_size(s);
+        if (v == 0)
+            return -1;
+        out[n++] = v;
+        s = strchr(s, ':');
+        if (!s)
+            break;
+        s++;
     }
-    struct uffdio_api api = { .api = UFFD_API, .features = 0 };
-    int ok = ioctl(fd, UFFDIO_API, &api) == 0;
-    close(fd);
-    if (!ok) {
-        snprintf(why, n, "ioctl(UFFDIO_API): %s", strerror(errno));
-        return 0;
-    }
-    uint64_t need = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
-    if ((api.features & need) != need) {
-        snprintf(why, n, "userfaultfd lacks WP_ASYNC/WP_UNPOPULATED (Linux >= 6.7 needed)");
-        return 0;
-    }
-    return 1;
+    return s && *s ? -1 : n;
 }
+
+static int run_wine(size_t threads, size_t pages, size_t delay_us, size_t writes)
+{
+    struct ww_wine *w = ww_floor_wine_new((int)threads, pages, writes, 0x5eed);
+    uint64_t *per_write = malloc(max_reps * sizeof *per_write);
+    uint64_t *cpu_write = malloc(max_reps * sizeof *cpu_write);
+    double busy_sum = 0;
+    size_t max_calls = 100000, ncalls = 0, calls_kept = 0, calls_made = 0;
+    uint64_t *call_ns = malloc(max_calls * sizeof *call_ns);
+    int cpus = ww_floor_cpus(), rc = -1;
+    size_t busy = threads < (size_t)cpus ? threads : (size_t)cpus;
+    long reps = 0;
+    if (!w)
+        goto done;
+    if (!per_write || !cpu_write || !call_ns) {
+        fail("malloc");
+        goto done;
+    }
+    uint64_t started = now_ns();
+    while (keep_going(reps, started)) {
+        uint64_t wall, cpu, proc;
+        if (ww_floor_wine_run(w, (unsigned)delay_us, &wall, &cpu, &proc, call_ns + calls_kept,
+                              max_calls - calls_kept, &ncalls) < 0)
+            goto done;
+        cpu_write[reps] = proc / (threads * writes);
+        busy_sum += wall ? (double)cpu / wall : 0;
+        calls_kept += ncalls < max_calls - calls_kept ? ncalls : max_calls - calls_kept;
+        calls_made += ncalls;
+        /* The writers' share of the machine: the run's wall time times the
+         * CPUs they can use, per write. */
+        per_write[reps++] = wall * busy / (threads * writes);
+    }
+    char fields[320];
+    snprintf(fields, sizeof fields,
+             "\"workload\": \"wine\", \"metric\": \"write\", \"threads\": %zu, \"pages\": %zu, "
+             "\"delay_us\": %zu, \"writes\": %zu, \"cpus\": %d, \"writer_cpus\": %.2f",
+             threads, pages, delay_us, writes, cpus, reps ? busy_sum / reps : 0.0);
+    print_result(fields, "write", per_write, reps, 1);
+    snprintf(fields, sizeof fields,
+             "\"workload\": \"wine\", \"metric\": \"write_cpu\", \"threads\": %zu, "
+             "\"pages\": %zu, \"delay_us\": %zu, \"writes\": %zu, \"cpus\": %d",
+             threads, pages, delay_us, writes, cpus);
+    print_result(fields, "write", cpu_write, reps, 1);
+    if (calls_kept) {
+        snprintf(fields, sizeof fields,
+                 "\"workload\": \"wine\", \"metric\": \"call\", \"threads\": %zu, "
+                 "\"pages\": %zu, \"delay_us\": %zu, \"writes\": %zu, \"cpus\": %d, "
+                 "\"pages_per_call\": %.1f", threads, pages, delay_us, writes, cpus,
+                 (double)ww_floor_wine_reported(w) / (double)calls_made);
+        print_result(fields, "call", call_ns, (long)calls_kept, 1);
+    }
+    rc = 0;
+done:
+    ww_floor_wine_free(w);
+    free(per_write);
+    free(cpu_write);
+    free(call_ns);
+    return rc;
+}
+
+static int run_gc(size_t size, size_t k, size_t batch)
+{
+    struct ww_gc *g = ww_floor_gc_new(size, k, batch, 0x6c);
+    uint64_t *t = malloc(max_reps * sizeof *t);
+    long reps = 0, calls = 0;
+    int rc = -1;
+    if (!g)
+        goto done;
+    if (!t) {
+        fail("malloc");
+        goto done;
+    }
+    uint64_t started = now_ns();
+    while (keep_going(reps, started)) {
+        ww_floor_gc_write(g);
+        uint64_t t0 = now_ns();
+        calls = ww_floor_gc_round(g);
+        uint64_t t1 = now_ns();
+        if (calls < 0 || ww_floor_gc_check(g) < 0)
+            goto done;
+        t[reps++] = t1 - t0;
+    }
+    char fields[256];
+    snprintf(fields, sizeof fields,
+             "\"workload\": \"gc\", \"size\": %zu, \"written\": %zu, \"batch\": %zu, "
+             "\"calls\": %ld", size, k, batch, calls);
+    print_result(fields, "round", t, reps, 1);
+    rc = 0;
+done:
+    ww_floor_gc_free(g);
+    free(t);
+    return rc;
+}
+
+#define RES_SCANS 5             /* scans of the committed range per cycle */
+
+static int run_reserve(size_t size, size_t commit, size_t k)
+{
+    enum { RESERVE, COMMIT, SCAN, RELEASE, STEPS };
+    static const char *const names[STEPS] = { "reserve", "commit", "get_committed", "release" };
+    uint64_t *t[STEPS];
+    long long pte[STEPS] = { 0 }, pte0 = 0;
+    long reps = 0, n[STEPS] = { 0 };
+    int rc = -1;
+    struct ww_res *r = ww_floor_res_new();
+    for (int s = 0; s < STEPS; s++)
+        t[s] = malloc(max_reps * (s == SCAN ? RES_SCANS : 1) * sizeof *t[s]);
+    if (!r)
+        goto done;
+    if (commit > size) {
+        errno = EINVAL;
+        fail("reserve: COMMIT larger than SIZE");
+        goto done;
+    }
+    for (int s = 0; s < STEPS; s++)
+        if (!t[s]) {
+            fail("malloc");
+            goto done;
+        }
+    uint64_t started = now_ns();
+    while (keep_going(reps, started)) {
+        pte0 = ww_floor_vmpte();
+        uint64_t t0 = now_ns();
+        if (ww_floor_res_reserve(r, size) < 0)
+            goto done;
+        t[RESERVE][n[RESERVE]++] = now_ns() - t0;
+        pte[RESERVE] = ww_floor_vmpte() - pte0;
+        t0 = now_ns();
+        if (ww_floor_res_commit(r, commit) < 0)
+            goto done;
+        t[COMMIT][n[COMMIT]++] = now_ns() - t0;
+        pte[COMMIT] = ww_floor_vmpte() - pte0;
+        if (ww_floor_res_write(r, k, 0x7e5 + (uint64_t)reps) < 0)
+            goto done;
+        for (int i = 0; i < RES_SCANS; i++) {
+            t0 = now_ns();
+            long got = ww_floor_res_scan(r);
+            uint64_t t1 = now_ns();
+            if (got < 0 || ww_floor_res_check(r, got) < 0)
+                goto done;
+            t[SCAN][n[SCAN]++] = t1 - t0;
+        }
+        pte[SCAN] = ww_floor_vmpte() - pte0;
+        t0 = now_ns();
+        if (ww_floor_res_release(r) < 0)
+            goto done;
+        t[RELEASE][n[RELEASE]++] = now_ns() - t0;
+        pte[RELEASE] = ww_floor_vmpte() - pte0;
+        reps++;
+    }
+    for (int s = 0; s < STEPS; s++) {
+        char fields[320];
+        snprintf(fields, sizeof fields,
+                 "\"workload\": \"reserve\", \"step\": \"%s\", \"size\": %zu, "
+                 "\"committed\": %zu, \"written\": %zu, \"pte_bytes\": %lld",
+                 names[s], size, commit, k, pte[s]);
+        print_result(fields, "call", t[s], n[s], 1);
+    }
+    rc = 0;
+done:
+    ww_floor_res_free(r);
+    for (int s = 0; s < STEPS; s++)
+        free(t[s]);
+    return rc;
+}
+
+static int run_regions(size_t count, size_t size)
+{
+    uint64_t create_ns = 0, close_ns = 0;
+    struct ww_regions *g = ww_floor_regions_new(count, size, 0x4e6, &create_ns);
+    uint64_t *each = malloc(max_reps * sizeof *each), *runs = malloc(max_reps * sizeof *runs);
+    long reps = 0;
+    int rc = -1;
+    if (!g)
+        goto done;
+    if (!each || !runs) {
+        fail("malloc");
+        goto done;
+    }
+    uint64_t started = now_ns();
+    while (keep_going(reps, started)) {
+        ww_floor_regions_write(g);
+        uint64_t t0 = now_ns();
+        long got = ww_floor_regions_each(g);
+        uint64_t t1 = now_ns();
+        if (got < 0 || ww_floor_regions_check(g) < 0)
+            goto done;
+        each[reps] = t1 - t0;
+        ww_floor_regions_write(g);
+        t0 = now_ns();
+        got = ww_floor_regions_scan_runs(g);
+        t1 = now_ns();
+        if (got < 0 || ww_floor_regions_check(g) < 0)
+            goto done;
+        runs[reps++] = t1 - t0;
+    }
+    size_t nruns = ww_floor_regions_runs(g);
+    rc = ww_floor_regions_free(g, &close_ns);
+    g = NULL;
+    if (rc < 0)
+        goto done;
+    char fields[320];
+    const char *common = "\"workload\": \"regions\", \"count\": %zu, \"size\": %zu, "
+                         "\"runs\": %zu, \"descriptors\": 1, \"variant\": \"%s\"";
+    snprintf(fields, sizeof fields, common, count, size, nruns, "each");
+    print_result(fields, "region", each, reps, (double)count);
+    snprintf(fields, sizeof fields, common, count, size, nruns, "runs");
+    print_result(fields, "region", runs, reps, (double)count);
+    snprintf(fields, sizeof fields, common, count, size, nruns, "create");
+    print_result(fields, "region", &create_ns, 1, (double)count);
+    snprintf(fields, sizeof fields, common, count, size, nruns, "close");
+    print_result(fields, "region", &close_ns, 1, (double)count);
+done:
+    ww_floor_regions_free(g, NULL);
+    free(each);
+    free(runs);
+    return rc;
+}
+
+/* ---- main --------------------------------------------------------------- */
 
 static void usage(void)
 {
     fprintf(stderr,
             "usage: ww-floor [--budget-ms N] [--min-reps N] [--max-reps N] WORKLOAD...\n"
             "  frame:SIZE:K[,K...]  clean:SIZE  sparse:SIZE  limit:SIZE:COUNT  fault:TECH:PAGES\n"
+            "  wine:THREADS:PAGES:DELAY_US:WRITES  gc:SIZE:K:BATCH  reserve:SIZE:COMMIT:K\n"
+            "  regions:COUNT:SIZE\n"
             "  TECH: uffd-async uffd-sync mprotect none; SIZE with K/M/G suffix\n");
 }
 
@@ -723,7 +1804,30 @@ int main(int argc, char **argv)
         size_t a = parse_size(c1 + 1), b = c2 ? parse_size(c2 + 1) : 0;
         int rc;
         error_buf[0] = '\0';
-        if (!strcmp(kind, "fault")) {
+        static const struct { const char *kind; int fields; } patterns[] = {
+            { "wine", 4 }, { "gc", 3 }, { "reserve", 3 }, { "regions", 2 },
+        };
+        int pattern = -1;
+        for (int p = 0; p < (int)(sizeof patterns / sizeof *patterns); p++)
+            if (!strcmp(kind, patterns[p].kind))
+                pattern = p;
+        if (pattern >= 0) {
+            size_t f[4];
+            if (parse_fields(c1 + 1, f, 4) != patterns[pattern].fields) {
+                usage();
+                return 2;
+            }
+            if (!async_ok) {
+                print_skip(spec, why);
+                continue;
+            }
+            switch (pattern) {
+            case 0: rc = run_wine(f[0], f[1], f[2], f[3]); break;
+            case 1: rc = run_gc(f[0], f[1], f[2]); break;
+            case 2: rc = run_reserve(f[0], f[1], f[2]); break;
+            default: rc = run_regions(f[0], f[1]); break;
+            }
+        } else if (!strcmp(kind, "fault")) {
             if (!c2 || c2 - c1 - 1 >= (long)sizeof tech) {
                 usage();
                 return 2;
@@ -763,3 +1867,5 @@ int main(int argc, char **argv)
     }
     return failed;
 }
+
+#endif /* !WW_FLOOR_LIBRARY */
