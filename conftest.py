@@ -14,8 +14,9 @@ has no ``_core``: every test would fail with ``No module named
   sources: the tests import that one (sys.modules keeps it for the session);
 * otherwise pytest stops at once and says how to build.
 
-Child interpreters that tests start are not covered here: they import the
-writewatch their working directory and PYTHONPATH lead to.
+Child interpreters are not covered here: tests/helpers.py's run_python()
+starts them where this process found writewatch, with that directory on
+PYTHONPATH, so that they import the same one.
 """
 
 import importlib.machinery

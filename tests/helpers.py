@@ -92,7 +92,11 @@ PAGE = writewatch.PAGE_SIZE
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
-# Where this process imported writewatch from: children import the same one.
+# Where this process imported writewatch from: children import the same one,
+# and run_python() starts them there, because python -c and -m put their
+# working directory first on sys.path, ahead of PYTHONPATH.  (After a plain
+# `pip install .` this is site-packages, not the checkout, whose package has
+# no compiled _core: see the root conftest.py.)
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(writewatch.__file__)))
 
 DEFAULT_TIMEOUT = 120           # seconds a child may run unless the test says otherwise
@@ -417,7 +421,7 @@ def child_env(env=None):
 
 
 def run_python(code=None, *, module=None, script=None, argv=(), flags=(), prefix=(),
-               env=None, returncode=0, timeout=DEFAULT_TIMEOUT, cwd=ROOT, input=None,
+               env=None, returncode=0, timeout=DEFAULT_TIMEOUT, cwd=PACKAGE_PARENT, input=None,
                stderr_to_stdout=False, memory_limit=None, cgroup=None):
     """Run Python code in a fresh interpreter and check how it ended.
 

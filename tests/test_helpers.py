@@ -89,7 +89,7 @@ def test_the_child_environment(monkeypatch):
     """, argv=["a", "b c"], env={"EXTRA": "yes"})
     lines = p.stdout.splitlines()
     assert lines[0] == "None None"
-    assert lines[1] == "yes ['a', 'b c'] %s" % helpers.ROOT
+    assert lines[1] == "yes ['a', 'b c'] %s" % helpers.PACKAGE_PARENT
     import writewatch
     assert os.path.samefile(lines[2], writewatch.__file__)
 
