@@ -84,7 +84,7 @@ cdef _release_range(Region region):
         return
     ref = _live.get(region._base)
     # In __dealloc__ the weak reference is already dead.
-    if ref is not None and ref() in (region, None):
+    if ref is not None and (ref() is region or ref() is None):
         del _live[region._base]
         del _live_bases[_bisect_left(_live_bases, region._base)]
 
