@@ -7,6 +7,7 @@ PAGEMAP_SCAN ioctl (Linux >= 6.7), with classic emulations as fallbacks.
 
 from writewatch._core import (PAGE_SIZE, BackendInfo, Region, WriteWatchManyError,
                               backends, default_backend, get_write_watch_many)
+from writewatch._core import Snapshots
 from writewatch._errors import BackendUnavailable, ForkedRegionError, WriteWatchError
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "BackendUnavailable",
     "ForkedRegionError",
     "Region",
+    "Snapshots",
     "WriteWatchError",
     "WriteWatchManyError",
     "backends",
