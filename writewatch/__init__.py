@@ -9,11 +9,15 @@ from writewatch._core import (PAGE_SIZE, BackendInfo, Region, WriteWatchManyErro
                               backends, default_backend, get_write_watch_many)
 from writewatch._core import Snapshots
 from writewatch._errors import BackendUnavailable, ForkedRegionError, WriteWatchError
+from writewatch._errors import CorruptLogError
+from writewatch._deltalog import DeltaLog
 
 __all__ = [
     "PAGE_SIZE",
     "BackendInfo",
     "BackendUnavailable",
+    "CorruptLogError",
+    "DeltaLog",
     "ForkedRegionError",
     "Region",
     "Snapshots",

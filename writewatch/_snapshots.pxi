@@ -221,6 +221,43 @@ def _gather_pages(Region region, addrs, out):
         region._leave()
 
 
+def _put_pages(Region region, idx, data, size_t page):
+    """Write page `idx[i]` (units of `page` bytes, which divides the
+    region's size) of the region from row i of `data` (a buffer of
+    len(idx) * page bytes), or with zeros if `data` is None.  No view of the
+    region is made, so none can outlive the call."""
+    cdef np.ndarray a = np.ascontiguousarray(idx, dtype=np.uint64)
+    cdef const uint64_t *p = <const uint64_t *>np.PyArray_DATA(a)
+    cdef size_t n = <size_t>np.PyArray_SIZE(a), i
+    cdef size_t npages = region._size // page if page else 0
+    cdef const unsigned char[::1] src
+    cdef const unsigned char *s = NULL
+    cdef uintptr_t base
+    if page == 0 or region._size % page:
+        raise ValueError("page size %d does not divide the region's size" % page)
+    if data is not None:
+        src = data
+        if <size_t>src.shape[0] < n * page:
+            raise ValueError("data holds %d bytes, %d pages need %d"
+                             % (src.shape[0], n, n * page))
+        if n:
+            s = &src[0]
+    for i in range(n):
+        if p[i] >= npages:
+            raise ValueError("page %d is past the region's %d pages" % (p[i], npages))
+    region._enter()
+    try:
+        base = region._base
+        with nogil:
+            for i in range(n):
+                if s != NULL:
+                    memcpy(<void *>(base + p[i] * page), s + i * page, page)
+                else:
+                    memset(<void *>(base + p[i] * page), 0, page)
+    finally:
+        region._leave()
+
+
 # -- Snapshots -------------------------------------------------------------------
 
 @cython.auto_pickle(False)
