@@ -38,13 +38,13 @@
 # that were non-zero when the Snapshots was made (`_ninit`) or were saved at
 # least once (`_ever`, each page counted once).  save() folds the oldest
 # snapshot before copying, so its copies take the slots the fold frees.
-# Free slots beyond _ninit + _never + kept entries + TRIM_SLACK (after a
-# restore() dropped snapshots, or when saves shrink) go back to the kernel
-# with MADV_FREE ("cold"): it takes them when it needs memory, and a slot
-# reused before that costs no fault.  So nbytes <= (non-zero pages at the
-# start + pages saved at least once + kept entries + TRIM_SLACK) pages +
-# indexes (8 bytes per entry, 8 bytes and 2 bits per page of the region, 4
-# bytes per slot).
+# Free slots beyond _ninit + _never + kept entries + a slack (TRIM_SLACK, or
+# the region's page count if smaller) -- after a restore() dropped snapshots,
+# or when saves shrink -- go back to the kernel with MADV_FREE ("cold"): it
+# takes them when it needs memory, and a slot reused before that costs no
+# fault.  So nbytes <= (non-zero pages at the start + pages saved at least
+# once + kept entries + slack) pages + indexes (8 bytes per entry, 8 bytes
+# and 2 bits per page of the region, 4 bytes per slot).
 #
 # Locking.  Calls on one Snapshots are serialised by a lock.  Region.close()
 # closes the Snapshots first (through the tracker's owner), which waits for a
@@ -59,7 +59,8 @@ cdef enum:
     SLOT_SHIFT = 9                 # slot id = chunk << SLOT_SHIFT | offset
     CHUNK_MAX = 512                # slots of a full-size chunk
     CHUNK_FIRST = 16               # slots of the first chunk
-    TRIM_SLACK = 256               # free slots kept beyond the memory bound
+    TRIM_SLACK = 256               # free slots kept beyond the memory bound (at most
+                                   # one per page of the region)
     SCAN_BATCH = 512               # pages per pagemap read of the non-zero scan
 
 cdef int _MADV_FREE = 8                # Linux >= 4.5; MADV_DONTNEED before
@@ -678,6 +679,21 @@ cdef class Snapshots:
         snap.n = 0
         self._count -= 1
 
+    def _pages(self, sid):
+        """For the tests: the page indexes (ascending) that save() number
+        `sid` copied -- the pages written since the save or restore before
+        it."""
+        cdef object want = _index(sid, "sid")
+        cdef _Snap *snap
+        cdef size_t i
+        with self._lock:
+            self._check()
+            if not (self._first <= want < self._first + <int64_t>self._count):
+                raise KeyError("snapshot %d is not kept; the ids kept are %s"
+                               % (want, self._ids_text()))
+            snap = &self._ring[(self._head + <size_t>(want - self._first)) % self._ringcap]
+            return [snap.ents[i].page for i in range(snap.n)]
+
     cdef str _ids_text(self):
         if self._count == 0:
             return "none (nothing saved since the Snapshots was made or last emptied)"
@@ -782,13 +798,14 @@ cdef class Snapshots:
         oldest freed first), in runs of adjacent slots.  MADV_FREE: the
         kernel takes the pages when it needs memory, and a slot reused
         before that costs no fault."""
+        cdef size_t slack = TRIM_SLACK if self._npages > TRIM_SLACK else self._npages
         cdef size_t held = self._touched - self._ncold
-        cdef size_t bound = self._ninit + self._never + self._entries + TRIM_SLACK
+        cdef size_t bound = self._ninit + self._never + self._entries + slack
         cdef size_t k, i, j
         cdef uint32_t *rel
         if held <= bound or self._nhot == 0:
             return
-        k = held - (bound - TRIM_SLACK // 2)
+        k = held - (bound - slack // 2)
         if k > self._nhot:
             k = self._nhot
         rel = <uint32_t *>malloc(k * sizeof(uint32_t))
