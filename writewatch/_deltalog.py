@@ -66,6 +66,7 @@ RECORD = struct.Struct("<4sIQQQI8x")          # + crc32 u32 = 48 bytes
 RECORD_SIZE = RECORD.size + 4
 FULL = 1
 _CHUNK_PAGES = 1024                            # pages read per step of a replay
+_READ_WHOLE = 64 << 20                         # replays using less are read once, whole
 
 
 def _u32(b):
@@ -166,24 +167,23 @@ class _LogReader:
         return True
 
     def body(self, rec, apply=None):
-        """Check a record's body (checksum, indexes); with `apply`, call
-        apply(indexes, pages) for each chunk of pages read -- only after the
-        whole body checked out in an earlier call, since a failure midway
-        would leave the chunks applied so far."""
+        """Check a record's body (checksum, page indexes), reading it in
+        chunks; with `apply`, call apply(indexes, pages) for each chunk.
+        Only apply a body that checked out in an earlier call: a failure
+        midway leaves the chunks applied so far."""
         start = rec.offset + RECORD_SIZE
         raw = self._pread(8 * rec.n, start)
         if len(raw) != 8 * rec.n:
             raise CorruptLogError(self.path, rec.offset, "record body shorter than its header says")
         crc = zlib.crc32(raw)
         idx = np.frombuffer(raw, dtype="<u8")
-        bad = rec.n > 0 and (int(idx[-1]) >= self.npages
-                             or not bool((idx[1:] > idx[:-1]).all()))
+        bad = not self._ascending(idx)
         pos = start + 8 * rec.n
         buf = np.empty(min(rec.n, _CHUNK_PAGES) * self.page, dtype=np.uint8)
         for first in range(0, rec.n, _CHUNK_PAGES):
             k = min(_CHUNK_PAGES, rec.n - first)
             view = memoryview(buf)[:k * self.page]
-            got = os.preadv(self.fd, [view], pos)
+            got = 0
             while got < len(view):
                 more = os.preadv(self.fd, [view[got:]], pos + got)
                 if more <= 0:
@@ -194,6 +194,27 @@ class _LogReader:
             if apply is not None and not bad:
                 apply(idx[first:first + k], buf[:k * self.page].reshape(k, self.page))
             pos += k * self.page
+        self._check_body(rec, crc, bad)
+
+    def read_indexes(self, rec):
+        """A checked record's page indexes."""
+        return np.frombuffer(self._pread(8 * rec.n, rec.offset + RECORD_SIZE), dtype="<u8")
+
+    def read_body(self, rec):
+        """A record's checked body, read whole: (indexes, pages as rows)."""
+        data = self._pread(rec.body_size, rec.offset + RECORD_SIZE)
+        if len(data) != rec.body_size:
+            raise CorruptLogError(self.path, rec.offset, "record body shorter than its header says")
+        idx = np.frombuffer(data, dtype="<u8", count=rec.n)
+        self._check_body(rec, zlib.crc32(data), not self._ascending(idx))
+        pages = np.frombuffer(data, dtype=np.uint8, offset=8 * rec.n).reshape(rec.n, self.page)
+        return idx, pages
+
+    def _ascending(self, idx):
+        return idx.size == 0 or (int(idx[-1]) < self.npages
+                                 and bool((idx[1:] > idx[:-1]).all()))
+
+    def _check_body(self, rec, crc, bad):
         if crc != rec.body_crc:
             raise CorruptLogError(self.path, rec.offset, "record %d: body checksum mismatch"
                                   % rec.number)
@@ -484,11 +505,18 @@ class DeltaLog:
             while not records[start].flags & FULL:
                 start -= 1
             used = records[start:number + 1]
-            for rec in used:                          # check everything first
-                reader.body(rec)
-            target.zero_outside(reader, used[0])
-            for rec in used:
-                reader.body(rec, target.write)
+            # Every record used is checked before `into` is touched.
+            if sum(rec.body_size for rec in used) <= _READ_WHOLE:
+                bodies = [reader.read_body(rec) for rec in used]
+                target.zero_outside(reader, bodies[0][0])
+                for idx, pages in bodies:
+                    target.write(idx, pages)
+            else:
+                for rec in used:                      # check, then read again to apply
+                    reader.body(rec)
+                target.zero_outside(reader, reader.read_indexes(used[0]))
+                for rec in used:
+                    reader.body(rec, target.write)
             return number
         finally:
             os.close(fd)
@@ -528,28 +556,28 @@ class _Target:
         self.mem = np.frombuffer(mv.cast("B"), dtype=np.uint8)
         self.nbytes = self.mem.nbytes
 
-    def zero_outside(self, reader, full):
-        """Zero the pages that hold non-zero bytes and that the FULL record
-        `full` does not hold (it writes its own pages over)."""
+    def zero_outside(self, reader, keep):
+        """Zero the pages that hold non-zero bytes and that a FULL record
+        with pages `keep` does not hold (it writes its own pages over)."""
         self.page = reader.page
-        raw = reader._pread(8 * full.n, full.offset + RECORD_SIZE)
-        keep = np.frombuffer(raw, dtype="<u8").astype(np.int64)
+        stale = np.zeros(reader.npages, dtype=bool)
         if self.region is not None:
             r = self.region
             if r.page_size == reader.page:
                 # Never-touched pages of a Region are found without faulting them in.
-                nonzero = ((_nonzero_pages(r) - np.uint64(r.address))
-                           // np.uint64(reader.page)).astype(np.int64)
+                stale[(_nonzero_pages(r) - np.uint64(r.address)) // np.uint64(reader.page)] = True
             else:
-                nonzero = np.arange(reader.npages, dtype=np.int64)
-            stale = np.setdiff1d(nonzero, keep, assume_unique=True)
-            _put_pages(r, stale.astype(np.uint64), None, reader.page)
+                stale[:] = True
         else:
             rows = self.mem.reshape(reader.npages, reader.page)
-            nonzero = np.flatnonzero(rows.any(axis=1))
-            stale = np.setdiff1d(nonzero, keep, assume_unique=True)
-            if stale.size:
-                rows[stale] = 0
+            stale[:] = rows.any(axis=1)
+        stale[keep.astype(np.intp)] = False
+        where = np.flatnonzero(stale)
+        if where.size:
+            if self.region is not None:
+                _put_pages(self.region, where.astype(np.uint64), None, reader.page)
+            else:
+                self.mem.reshape(reader.npages, reader.page)[where] = 0
 
     def write(self, idx, pages):
         if self.region is not None:
