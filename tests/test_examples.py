@@ -1,0 +1,28 @@
+"""The examples run, and check what they claim, on every backend."""
+
+import os
+import subprocess
+import sys
+
+from conftest import BACKENDS, require_backend
+
+import pytest
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_rollback_example(name):
+    """examples/rollback.py: a peer whose partner's inputs arrive late rolls
+    back and re-simulates; it exits non-zero unless its final state is
+    byte-equal to the run where every input was on time."""
+    require_backend(name)
+    p = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, "rollback.py"),
+         "--frames", "80", "--side", "512", "--delay", "3", "--backend", name],
+        capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "byte-equal to the on-time run: yes" in p.stdout
+    rollbacks = int(p.stdout.split("rollbacks")[1].split()[0])
+    assert rollbacks > 0                    # the run did roll back
+    assert "backend %s" % name in p.stdout
