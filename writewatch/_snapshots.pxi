@@ -394,14 +394,19 @@ cdef class Snapshots:
     @property
     def ids(self):
         """The ids that restore() accepts, oldest first."""
-        self._check()
-        return tuple(range(self._first, self._first + <int64_t>self._count))
+        with self._lock:
+            self._check()
+            return tuple(range(self._first, self._first + <int64_t>self._count))
 
     @property
     def nbytes(self):
         """Memory the snapshots hold, in bytes: page copies (free ones kept
         for reuse included) and indexes."""
-        self._check()
+        with self._lock:
+            self._check()
+            return self._nbytes()
+
+    cdef size_t _nbytes(self):
         cdef size_t n = (self._touched - self._ncold) * self._page
         n += self._entries * sizeof(_SnapEntry)
         n += self._cap * sizeof(uint32_t) + self._nchunks * sizeof(char *)
@@ -430,8 +435,9 @@ cdef class Snapshots:
     def __repr__(self):
         if self._closed:
             return "<writewatch.Snapshots closed>"
-        return "<writewatch.Snapshots ids=%d..%d keep=%d nbytes=%d>" % (
-            self._first, self._first + <int64_t>self._count - 1, self._keep, self.nbytes)
+        ids = ("%d..%d" % (self._first, self._first + <int64_t>self._count - 1)
+               if self._count else "none")
+        return "<writewatch.Snapshots ids=%s keep=%d nbytes=%d>" % (ids, self._keep, self._nbytes())
 
     cdef int _check(self) except -1:
         if self._closed:
@@ -696,7 +702,7 @@ cdef class Snapshots:
 
     cdef str _ids_text(self):
         if self._count == 0:
-            return "none (nothing saved since the Snapshots was made or last emptied)"
+            return "none (nothing was saved yet)"
         if self._count == 1:
             return "(%d,)" % self._first
         return "%d..%d" % (self._first, self._first + <int64_t>self._count - 1)
