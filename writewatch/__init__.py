@@ -10,7 +10,6 @@ from writewatch._core import (PAGE_SIZE, BackendInfo, Region, WriteWatchManyErro
 from writewatch._core import Snapshots
 from writewatch._errors import BackendUnavailable, ForkedRegionError, WriteWatchError
 from writewatch._errors import CorruptLogError
-from writewatch._deltalog import DeltaLog
 
 __all__ = [
     "PAGE_SIZE",
@@ -29,3 +28,16 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # DeltaLog's module, and the file machinery it imports, load on first use:
+    # `import writewatch` stays what it was for programs that never log.
+    if name == "DeltaLog":
+        from writewatch._deltalog import DeltaLog
+        return DeltaLog
+    raise AttributeError("module 'writewatch' has no attribute %r" % name)
+
+
+def __dir__():
+    return sorted(set(globals()) | {"DeltaLog"})
