@@ -526,12 +526,12 @@ def test_a_zero_filled_tail_is_a_torn_tail(region3, logpath):
 # compute the state after any record.
 STEP = r"""
 import numpy as np
-NPAGES = 512
+NPAGES = 2048
 def step(mem, k, page):
     rng = np.random.default_rng(k)
     rows = mem.reshape(NPAGES, page)
-    for p in rng.choice(NPAGES, 64 + k % 128, replace=False):
-        rows[p, rng.integers(0, page, 8)] = (k * 7 + p) % 251 + 1
+    pages = rng.choice(NPAGES, 512 + k % 512, replace=False)
+    rows[pages, rng.integers(0, page)] = (k * 7 + pages) % 251 + 1
 """
 
 CHILD = STEP + r"""
@@ -546,7 +546,7 @@ while True:
     v = np.frombuffer(r, dtype=np.uint8)
     step(v, k, P)
     del v
-    assert log.append(sync=k % 3 != 2) == k
+    assert log.append(sync=k % 4 == 3) == k
     print(k, flush=True)
     k += 1
 """
