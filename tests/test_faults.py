@@ -105,6 +105,11 @@ def test_enomem_from_rlimit_as(backend):
     raises MemoryError *before* re-arming anything, so no page is lost
     (regression: the result used to be allocated after the reset)."""
     out = run_child(backend, r'''
+        # A fixed mmap threshold: the result arrays below (160 KB) are always
+        # mmap'd, so RLIMIT_AS governs them whatever free heap the imports
+        # left (glibc raises the threshold dynamically after frees).
+        M_MMAP_THRESHOLD = -3
+        check(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 64 << 10) == 1, "mallopt")
         w = Witness()
         N = 20000
         big = writewatch.Region(N * P, backend=BACKEND)

@@ -5,16 +5,22 @@ Track which pages of a buffer were written since you last asked --
 PAGEMAP_SCAN ioctl (Linux >= 6.7), with classic emulations as fallbacks.
 """
 
-from writewatch._core import (PAGE_SIZE, BackendInfo, Region, WriteWatchManyError,
-                              backends, default_backend, get_write_watch_many)
-from writewatch._errors import BackendUnavailable, ForkedRegionError, WriteWatchError
+from writewatch._core import (PAGE_SIZE, BackendInfo, Region, Snapshots,
+                              WriteWatchManyError, backends, default_backend,
+                              get_write_watch_many)
+from writewatch._deltalog import DeltaLog
+from writewatch._errors import (BackendUnavailable, CorruptLogError, ForkedRegionError,
+                                WriteWatchError)
 
 __all__ = [
     "PAGE_SIZE",
     "BackendInfo",
     "BackendUnavailable",
+    "CorruptLogError",
+    "DeltaLog",
     "ForkedRegionError",
     "Region",
+    "Snapshots",
     "WriteWatchError",
     "WriteWatchManyError",
     "backends",

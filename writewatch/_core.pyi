@@ -103,10 +103,38 @@ def get_write_watch_many(
     """The written pages of each region, in one call: for each region in the
     order given, what region.get_write_watch(reset=reset) would return."""
 
-# Still to come, each stubbed here (or in Region above, for a method) in the
-# commit that makes it public: Snapshots and DeltaLog (their machinery, the
-# internal _Tracker, is in the extension already).
+class Snapshots:
+    """Saved states of a Region, at the cost of what was written."""
+
+    def __init__(self, region: Region, keep: SupportsIndex = 8) -> None: ...
+    @property
+    def ids(self) -> tuple[int, ...]:
+        """The ids that can still be restored, oldest first."""
+    @property
+    def nbytes(self) -> int:
+        """Memory the snapshots hold, in bytes."""
+    @property
+    def keep(self) -> int: ...
+    @property
+    def region(self) -> Region: ...
+    @property
+    def closed(self) -> bool: ...
+    def save(self) -> int:
+        """Save the region's current state; its id (0, 1, 2, ...)."""
+    def restore(self, sid: SupportsIndex) -> None:
+        """Make the region's bytes exactly those at save() number sid."""
+    def close(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+        /,
+    ) -> Literal[False]: ...
+
+# DeltaLog is plain Python (writewatch/_deltalog.py, annotated there).
 #
 # Names starting with an underscore (the hooks of writewatch.win32 and of
-# the tests) are left out on purpose: they are not API, and stubtest does
-# not ask for them.
+# the tests, the trackers under Snapshots and DeltaLog) are left out on
+# purpose: they are not API, and stubtest does not ask for them.

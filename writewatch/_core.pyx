@@ -39,6 +39,7 @@ include "_uffd.pxi"
 include "_mprotect.pxi"
 include "_softdirty.pxi"
 include "_batch.pxi"
+include "_snapshots.pxi"
 
 _register("pagemap", _PagemapEngine, _probe_pagemap)
 _register("uffd", _UffdEngine, _probe_uffd)

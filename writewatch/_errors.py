@@ -9,7 +9,8 @@ builtin, so callers can catch either (pyzmq's pattern).
 import errno as _errno
 import os as _os
 
-__all__ = ["WriteWatchError", "BackendUnavailable", "ForkedRegionError", "syscall_error"]
+__all__ = ["WriteWatchError", "BackendUnavailable", "ForkedRegionError", "CorruptLogError",
+           "syscall_error"]
 
 
 class WriteWatchError(Exception):
@@ -27,6 +28,23 @@ class ForkedRegionError(WriteWatchError, RuntimeError):
     drops userfaultfd registrations in a child), so it may be read and
     written freely, and closed, but not asked for written pages.
     """
+
+
+class CorruptLogError(WriteWatchError, ValueError):
+    """A DeltaLog file is damaged: a checksum does not match, or a header
+    holds what no writer writes.  `path` and `offset` (of the damaged
+    header or record, in bytes) say where.  Never raised for a torn tail --
+    a record cut short by a crash, which is ignored (and cut when the log
+    is opened for appending)."""
+
+    def __init__(self, path, offset, what):
+        self.path = path
+        self.offset = offset
+        self.what = what
+        super().__init__("%s: damaged at offset %d: %s" % (path, offset, what))
+
+    def __reduce__(self):
+        return type(self), (self.path, self.offset, self.what)
 
 
 def syscall_error(err, call, detail=None):

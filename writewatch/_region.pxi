@@ -1129,6 +1129,54 @@ cdef class Region:
             self._fail(rc, what)
         return 0
 
+    cdef int _tracker_pages(self, _Tracker t, const uint64_t *addrs, size_t n,
+                            bint mark) except -1:
+        """t forgets the writes made so far to exactly the pages at `addrs`
+        (mark=False), or counts them as written (mark=True); the other
+        consumers keep seeing every write.  `addrs`: page addresses inside
+        the region, any order.  One drain of the span they cover comes first,
+        so that writes made before this call reach every other consumer.
+        (Snapshots.restore() forgets the pages it rewrote; a save() or
+        append() that fails after collecting gives its pages back.)"""
+        cdef const char *what = NULL
+        cdef int rc = 0, mapped = 0
+        cdef uintptr_t lo = <uintptr_t>-1, hi = 0, a
+        cdef size_t i, idx
+        if n == 0:
+            return 0
+        for i in range(n):
+            a = <uintptr_t>addrs[i]
+            if a & (self._page - 1):
+                raise ValueError("%#x is not a page address" % a)
+            if a < lo:
+                lo = a
+            if a > hi:
+                hi = a
+        if lo < self._base or hi >= self._base + self._size:
+            raise ValueError("page address outside the region [%#x, %#x)"
+                             % (self._base, self._base + self._size))
+        hi += self._page
+        self._enter()
+        with nogil:
+            self._lock()
+            mapped = _check_mapped(lo, hi)
+            if mapped == 0:
+                rc = self._drain(lo, hi, &what)
+                if rc == 0:
+                    for i in range(n):
+                        idx = (<uintptr_t>addrs[i] - self._base) >> self._shift
+                        if mark:
+                            _bit_set(t.bits, idx)
+                        else:
+                            t.bits[idx >> 6] &= ~((<uint64_t>1) << (idx & 63))
+            self._unlock()
+        self._leave()
+        if mapped < 0:
+            self._fail_unmapped(mapped, lo, hi)
+        if rc < 0:
+            self._fail(rc, what)
+        return 0
+
     # -- buffer protocol ------------------------------------------------
 
     def __getbuffer__(self, Py_buffer *view, int flags):
@@ -1219,7 +1267,7 @@ cdef class _Tracker:
     cdef readonly Region region
     cdef uint64_t *bits
     cdef object _owner
-    cdef object __weakref__
+    cdef object __weakref__    # the region holds its trackers weakly
 
     def __init__(self, Region region, owner=None):
         self._owner = weakref.ref(owner) if owner is not None else None
@@ -1269,6 +1317,17 @@ cdef class _Tracker:
         self.region._check_tracking()
         self.region._range(address, size, &start, &end)
         self.region._tracker_reset(self, start, end, True)
+
+    def mark_pages(self, addrs, *, bint mark=True):
+        """Count exactly the pages at `addrs` (page addresses, a uint64
+        array) as written for this tracker (mark=False: forget their writes
+        so far).  What a consumer that collected pages and then failed uses
+        to give them back."""
+        cdef np.ndarray a = np.ascontiguousarray(addrs, dtype=np.uint64)
+        self._check()
+        self.region._check_tracking()
+        self.region._tracker_pages(self, <const uint64_t *>np.PyArray_DATA(a),
+                                   <size_t>np.PyArray_SIZE(a), mark)
 
     def close(self):
         if self.bits != NULL and self.region is not None:

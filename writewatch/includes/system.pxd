@@ -98,6 +98,7 @@ cdef extern from "<unistd.h>" nogil:
     int _SC_PAGESIZE
     int close(int fd)
     pid_t getpid()
+    ssize_t pread(int fd, void *buf, size_t count, long offset)
 
 
 cdef extern from "<fcntl.h>" nogil:
