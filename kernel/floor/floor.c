@@ -6,7 +6,7 @@
  * allocated per call.  What the library costs on top of the kernel is the
  * difference between its numbers and these.
  *
- *   ww-floor [--budget-ms N] [--min-reps N] [--max-reps N] WORKLOAD...
+ *   ww-floor [--budget-ms N] [--min-reps N] [--max-reps N] [--dir DIR] WORKLOAD...
  *
  *   frame:SIZE:K[,K...]  pre-populated region of SIZE bytes; each frame writes
  *                        K distinct random pages (chosen before the timer
@@ -52,6 +52,24 @@
  *                        one scan per run of adjacent regions.  Time per
  *                        region, and what making and unmapping one costs.
  *
+ * Snapshots and DeltaLog (issue 12; see their section below):
+ *
+ *   snap:TECH:SIZE:K:KEEP  a SIZE region, every page written once, tracked
+ *                        with TECH (uffd-async, uffd-sync or mprotect); K
+ *                        random pages written per frame.  Two results: save
+ *                        (a get-and-reset and a copy of the K pages into one
+ *                        of KEEP save areas) and restore (back KEEP - 1
+ *                        frames: the pages changed since copied back, one
+ *                        get-and-reset).
+ *   copy:SIZE            memcpy of a whole SIZE region.
+ *   append:SIZE:K        K random pages of a SIZE region appended to a file
+ *                        in --dir as one record: get-and-reset, pwritev from
+ *                        the region, fdatasync ("writev"); and write(2) of the
+ *                        same bytes gathered before the clock, fsync
+ *                        ("write"); in turn, frame by frame.  The file is left
+ *                        in --dir for its owner to remove (without --dir it is
+ *                        made in $TMPDIR or /tmp and removed).
+ *
  * SIZE takes a K, M or G suffix (KiB, MiB, GiB).  Each workload repeats until
  * --budget-ms has passed (at least --min-reps, at most --max-reps times) and
  * prints one JSON line per result: {"workload": ..., "unit": "frame"|"call"|
@@ -60,12 +78,13 @@
  * prints {"workload": ..., "error": ...} and makes the exit status 1.
  *
  * Built with -DWW_FLOOR_LIBRARY (setup.py makes writewatch/_bin/libwwfloor.so)
- * there is no main(): the scale patterns' functions are the library's API.
+ * there is no main(): the scale patterns' and issue 12's functions are the
+ * library's API.
  */
 #define _GNU_SOURCE 1
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
+#include <limits.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -75,6 +94,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -105,6 +125,12 @@ static uint64_t splitmix64_r(uint64_t *state)
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9u;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebu;
     return z ^ (z >> 31);
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
 }
 
 static int fail(const char *call)
@@ -1062,23 +1088,845 @@ int ww_floor_regions_check(struct ww_regions *g)
     return 0;
 }
 
+/* ---- the three techniques, as the backends use them ----------------------
+ *
+ * uffd-async (`pagemap`): the kernel records the first write to each page
+ * (async uffd-wp); a PAGEMAP_SCAN reads and re-arms.  uffd-sync (`uffd`): a
+ * write to an armed page stops until a handler thread, woken by the
+ * userfaultfd, records the page and write-unprotects it.  mprotect
+ * (`mprotect`): an armed page is read-only; the SIGSEGV handler records the
+ * page and makes it writable.  With uffd-sync and mprotect the record is a
+ * bitmap of ours (`bits`); NULL counts the faults only (the first-write
+ * workload).
+ */
+
+static char *seg_base;
+static size_t seg_size;
+static uint64_t *seg_bits;
+static volatile long seg_faults;
+static struct sigaction seg_old;
+
+static void on_segv(int sig, siginfo_t *si, void *ctx)
+{
+    uintptr_t a = (uintptr_t)si->si_addr;
+    if (a >= (uintptr_t)seg_base && a < (uintptr_t)seg_base + seg_size) {
+        a &= ~(uintptr_t)(page_size - 1);
+        if (seg_bits) {             /* recorded before the write can proceed */
+            size_t i = (a - (uintptr_t)seg_base) / page_size;
+            __atomic_fetch_or(&seg_bits[i >> 6], (uint64_t)1 << (i & 63), __ATOMIC_RELEASE);
+        }
+        if (mprotect((void *)a, page_size, PROT_READ | PROT_WRITE) == 0) {
+            seg_faults++;
+            return;
+        }
+    }
+    /* Not ours: the handler that was there before (in a process that loaded
+     * libwwfloor.so: faulthandler, writewatch's mprotect backend...), or the
+     * default action -- a real crash crashes. */
+    if ((seg_old.sa_flags & SA_SIGINFO) && seg_old.sa_sigaction) {
+        seg_old.sa_sigaction(sig, si, ctx);
+        return;
+    }
+    if (!(seg_old.sa_flags & SA_SIGINFO) && seg_old.sa_handler != SIG_DFL &&
+        seg_old.sa_handler != SIG_IGN) {
+        seg_old.sa_handler(sig);
+        return;
+    }
+    signal(sig, SIG_DFL);
+}
+
+/* The handler thread: a blocking read(2) of up to 64 messages at a time on
+ * a blocking userfaultfd, then for each fault one ioctl that unprotects the
+ * page and wakes the writer -- as the `uffd` backend's thread does
+ * (includes/uffd_thread.h), without its locks and region table.  Stopped
+ * with pthread_cancel() (read(2) is a cancellation point). */
+struct sync_handler {
+    int uffd;
+    long faults;
+    int error;
+    uintptr_t base;             /* with bits: the region's start */
+    uint64_t *bits;
+    pthread_t thread;
+    int running;
+};
+
+static void *sync_thread(void *p)
+{
+    struct sync_handler *h = p;
+    struct uffd_msg msgs[64];
+    sigset_t all;
+    sigfillset(&all);           /* signals are for the other threads */
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    for (;;) {
+        ssize_t n = read(h->uffd, msgs, sizeof msgs);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                continue;
+            h->error = errno;
+            return NULL;
+        }
+        for (size_t k = 0; k < (size_t)n / sizeof *msgs; k++) {
+            if (msgs[k].event != UFFD_EVENT_PAGEFAULT)
+                continue;
+            uintptr_t a = msgs[k].arg.pagefault.address & ~(uint64_t)(page_size - 1);
+            if (h->bits) {          /* recorded before the write is let go */
+                size_t i = (a - h->base) / page_size;
+                __atomic_fetch_or(&h->bits[i >> 6], (uint64_t)1 << (i & 63), __ATOMIC_RELEASE);
+            }
+            struct uffdio_writeprotect wp = {
+                .range = { .start = a, .len = page_size }, .mode = 0,   /* unprotect + wake */
+            };
+            if (ioctl(h->uffd, UFFDIO_WRITEPROTECT, &wp) < 0) {
+                h->error = errno;
+                return NULL;
+            }
+            h->faults++;
+        }
+    }
+}
+
+static int sync_start(struct sync_handler *h)
+{
+    if ((errno = pthread_create(&h->thread, NULL, sync_thread, h)) != 0)
+        return fail("pthread_create");
+    h->running = 1;
+    return 0;
+}
+
+static void sync_stop(struct sync_handler *h)
+{
+    if (h->running) {
+        pthread_cancel(h->thread);
+        pthread_join(h->thread, NULL);
+        h->running = 0;
+    }
+}
+
+enum { TECH_ASYNC, TECH_SYNC, TECH_MPROTECT };
+
+static int tech_of(const char *name)
+{
+    return !strcmp(name, "uffd-async") ? TECH_ASYNC : !strcmp(name, "uffd-sync") ? TECH_SYNC
+         : !strcmp(name, "mprotect") ? TECH_MPROTECT : -1;
+}
+
+/* A region tracked with one technique.  Only one mprotect region at a time
+ * (the SIGSEGV handler's globals). */
+struct tracked {
+    struct region r;
+    int tech;
+    size_t npages;
+    uint64_t *bits;
+    struct sync_handler h;
+    int have_segv;
+};
+
+static void tracked_close(struct tracked *t)
+{
+    sync_stop(&t->h);
+    if (t->have_segv) {
+        sigaction(SIGSEGV, &seg_old, NULL);
+        seg_base = NULL;
+        seg_size = 0;
+        seg_bits = NULL;
+        t->have_segv = 0;
+    }
+    unmap_region(&t->r);
+    free(t->bits);
+    t->bits = NULL;
+}
+
+/* Map `size` bytes, write 1 at write_offset(p) of every page p (every page
+ * present), and arm the region as the technique's backend does: afterwards
+ * no page counts as written. */
+static int tracked_open(struct tracked *t, int tech, size_t size)
+{
+    memset(t, 0, sizeof *t);
+    t->r.uffd = t->h.uffd = -1;
+    t->tech = tech;
+    t->npages = size / page_size;
+    if (tech == TECH_ASYNC ? async_region(&t->r, size) : map_region(&t->r, size)) {
+        t->r.base = NULL;
+        return -1;
+    }
+    for (size_t p = 0; p < t->npages; p++)
+        ((volatile char *)t->r.base)[write_offset(p)] = 1;
+    if (tech == TECH_ASYNC) {
+        if (reset_range((uintptr_t)t->r.base, (uintptr_t)t->r.base + size) < 0)
+            goto bad;
+        return 0;
+    }
+    t->bits = calloc((t->npages + 63) / 64, sizeof *t->bits);
+    if (!t->bits) {
+        fail("malloc");
+        goto bad;
+    }
+    if (tech == TECH_SYNC) {
+        t->r.uffd = uffd_open(0, 0);
+        if (t->r.uffd < 0 || uffd_register_wp(t->r.uffd, t->r.base, size) < 0 ||
+            uffd_wp(t->r.uffd, t->r.base, size, 1) < 0)
+            goto bad;
+        t->h.uffd = t->r.uffd;
+        t->h.base = (uintptr_t)t->r.base;
+        t->h.bits = t->bits;
+        if (sync_start(&t->h) < 0)
+            goto bad;
+        return 0;
+    }
+    if (seg_base) {
+        errno = EBUSY;
+        fail("mprotect technique: another region is tracked");
+        goto bad;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_segv;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    seg_base = t->r.base;
+    seg_size = size;
+    seg_bits = t->bits;
+    if (sigaction(SIGSEGV, &sa, &seg_old) < 0) {
+        seg_base = NULL;
+        fail("sigaction(SIGSEGV)");
+        goto bad;
+    }
+    t->have_segv = 1;
+    if (mprotect(t->r.base, size, PROT_READ) < 0) {
+        fail("mprotect");
+        goto bad;
+    }
+    return 0;
+bad:
+    tracked_close(t);
+    return -1;
+}
+
+/* One get-and-reset of the whole region: the written pages' addresses into
+ * `out` (ascending; room for every page), each armed again.  uffd-sync
+ * write-protects each run of written pages again (what the `uffd` backend
+ * does); mprotect takes write permission away from the span from the first
+ * written page to the last in one call (the pages between are read-only
+ * already; what the `mprotect` backend does).  The count, or -1. */
+static long tracked_get_reset(struct tracked *t, uint64_t *out)
+{
+    uintptr_t base = (uintptr_t)t->r.base;
+    size_t n = 0, nwords = (t->npages + 63) / 64;
+    if (t->tech == TECH_ASYNC)
+        return scan(base, base + t->r.size, 1, out, t->npages);
+    if (t->h.error) {
+        errno = t->h.error;
+        return fail("uffd handler thread");
+    }
+    for (size_t w = 0; w < nwords; w++) {
+        uint64_t x = t->bits[w] ? __atomic_exchange_n(&t->bits[w], 0, __ATOMIC_ACQ_REL) : 0;
+        for (; x; x &= x - 1)
+            out[n++] = base + (((w << 6) + (size_t)__builtin_ctzll(x)) * page_size);
+    }
+    if (n == 0)
+        return 0;
+    if (t->tech == TECH_MPROTECT) {
+        if (mprotect((void *)out[0], out[n - 1] + page_size - out[0], PROT_READ) < 0)
+            return fail("mprotect");
+        return (long)n;
+    }
+    for (size_t a = 0, b; a < n; a = b) {
+        for (b = a + 1; b < n && out[b] == out[b - 1] + page_size; b++)
+            ;
+        if (uffd_wp(t->r.uffd, (char *)out[a], (b - a) * page_size, 1) < 0)
+            return -1;
+    }
+    return (long)n;
+}
+
+/* ---- Snapshots and DeltaLog (issue 12) -----------------------------------
+ *
+ * What writewatch.Snapshots and writewatch.DeltaLog do, as little as it can
+ * be done: on a region tracked with one technique, every page written once
+ * before the clock, K distinct random pages written per frame (outside the
+ * clock, one byte each at write_offset(): a value that changes each frame).
+ *
+ *   save     one get-and-reset, and a copy of each page reported into the
+ *            next of KEEP save areas (allocated and faulted in beforehand).
+ *            When the areas are all in use, the oldest frame's pages are
+ *            first copied into the base -- a copy of the whole region, the
+ *            state before the oldest kept frame -- outside the clock (the
+ *            library does that by index updates alone, inside its save).
+ *   restore  KEEP frames saved, K more pages written; then back to the
+ *            oldest kept frame: a copy back into the (armed) region of the
+ *            pages of the KEEP - 1 newer frames and of the K pages written
+ *            since the last save -- each from the oldest frame's copy, or
+ *            the base's -- and one get-and-reset.  Which pages, and where
+ *            from, is worked out before the clock.
+ *   copy     memcpy of the whole region (as np.copyto).
+ *   append   (uffd-async) one get-and-reset, then one pwritev of a record
+ *            -- a 48-byte header and the pages' 8-byte indexes, then the
+ *            pages straight from the region -- at the end of a file, and
+ *            fdatasync; or, as the issue words it, write(2) of the same
+ *            bytes gathered before the clock, and fsync.
+ *
+ * Every answer is checked after the clock: a save or append reports
+ * exactly the pages written; a restore reports exactly the pages it
+ * rewrote, and leaves every page holding the byte it held at the frame
+ * restored.
+ */
+
+#define SNAP_HEAD 48            /* a DeltaLog record header's size */
+
+struct ww_snap {
+    struct tracked t;
+    size_t k, keep, npages;
+    char *base;                 /* every page: the state before the oldest kept frame */
+    char *areas;                /* keep save areas of k pages */
+    size_t *area_pages;         /* keep x k: the page of each copy */
+    size_t *area_n;
+    uint8_t *cur;               /* per page: the byte at write_offset() now */
+    uint8_t *state;             /* keep x npages: cur at each kept frame's save */
+    uint64_t *out;
+    size_t *written;            /* the pages written since the last save or restore */
+    size_t nwritten;
+    uint32_t *perm, *mark;
+    uint64_t *targets;          /* restore: the pages to copy back (addresses, ascending), */
+    const char **srcs;          /* and where from */
+    size_t ntargets;
+    uint64_t rng;
+    size_t first, count;        /* the kept frames: first .. first + count - 1 */
+    uint8_t value;
+};
+
+/* Anonymous memory without huge pages (as the library's page copies);
+ * `src` copied into it, or zeros: faulted in now, not in a timed call. */
+static void *map_filled(size_t size, const void *src)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        fail("mmap");
+        return NULL;
+    }
+    madvise(p, size, MADV_NOHUGEPAGE);
+    if (src)
+        memcpy(p, src, size);
+    else
+        memset(p, 0, size);
+    return p;
+}
+
+void ww_floor_snap_free(struct ww_snap *s)
+{
+    if (!s)
+        return;
+    tracked_close(&s->t);
+    if (s->base)
+        munmap(s->base, s->npages * page_size);
+    if (s->areas)
+        munmap(s->areas, s->keep * s->k * page_size);
+    free(s->area_pages);
+    free(s->area_n);
+    free(s->cur);
+    free(s->state);
+    free(s->out);
+    free(s->written);
+    free(s->perm);
+    free(s->mark);
+    free(s->targets);
+    free(s->srcs);
+    free(s);
+}
+
+struct ww_snap *ww_floor_snap_new(const char *tech, size_t size, size_t k, size_t keep,
+                                  uint64_t seed)
+{
+    int kind = tech_of(tech);
+    if (!page_size)
+        page_size = (size_t)sysconf(_SC_PAGESIZE);
+    if (kind < 0 || size == 0 || size % page_size || k == 0 || k > size / page_size ||
+        keep < 2 || keep > 1024) {
+        errno = EINVAL;
+        fail("snap: TECH uffd-async, uffd-sync or mprotect; K pages 1..the region's; "
+             "KEEP 2..1024");
+        return NULL;
+    }
+    if (kind == TECH_ASYNC && ww_floor_init() < 0)
+        return NULL;
+    struct ww_snap *s = calloc(1, sizeof *s);
+    if (!s) {
+        fail("malloc");
+        return NULL;
+    }
+    s->t.r.uffd = -1;
+    s->k = k;
+    s->keep = keep;
+    s->npages = size / page_size;
+    s->rng = seed;
+    s->value = 1;
+    if (tracked_open(&s->t, kind, size) < 0)
+        goto bad;
+    s->area_pages = malloc(keep * k * sizeof *s->area_pages);
+    s->area_n = calloc(keep, sizeof *s->area_n);
+    s->cur = malloc(s->npages);
+    s->state = malloc(keep * s->npages);
+    s->out = malloc(s->npages * sizeof *s->out);
+    s->written = malloc(k * sizeof *s->written);
+    s->perm = identity(s->npages);
+    s->mark = calloc(s->npages, sizeof *s->mark);
+    s->targets = malloc(keep * k * sizeof *s->targets);
+    s->srcs = malloc(keep * k * sizeof *s->srcs);
+    if (!s->area_pages || !s->area_n || !s->cur || !s->state || !s->out || !s->written ||
+        !s->perm || !s->mark || !s->targets || !s->srcs) {
+        fail("malloc");
+        goto bad;
+    }
+    memset(s->cur, 1, s->npages);
+    if (!(s->base = map_filled(size, s->t.r.base)) ||
+        !(s->areas = map_filled(keep * k * page_size, NULL)))
+        goto bad;
+    return s;
+bad:
+    ww_floor_snap_free(s);
+    return NULL;
+}
+
+/* K distinct random pages, each given a new byte. */
+static void snap_write_pages(struct ww_snap *s)
+{
+    choose_pages(&s->rng, s->perm, s->npages, s->written, s->k);
+    s->nwritten = s->k;
+    s->value = s->value >= 255 ? 2 : s->value + 1;
+    for (size_t i = 0; i < s->k; i++) {
+        ((volatile char *)s->t.r.base)[write_offset(s->written[i])] = (char)s->value;
+        s->cur[s->written[i]] = s->value;
+    }
+}
+
+/* A frame's writes (not timed); with every area in use, the oldest frame
+ * goes into the base first, so that the next save can reuse its area. */
+int ww_floor_snap_write(struct ww_snap *s)
+{
+    if (s->nwritten) {
+        errno = EINVAL;
+        return fail("snap: two frames' writes without a save between");
+    }
+    if (s->count == s->keep) {
+        size_t a = s->first % s->keep;
+        for (size_t j = 0; j < s->area_n[a]; j++)
+            memcpy(s->base + s->area_pages[a * s->k + j] * page_size,
+                   s->areas + (a * s->k + j) * page_size, page_size);
+        s->first++;
+        s->count--;
+    }
+    snap_write_pages(s);
+    return 0;
+}
+
+/* save (timed): one get-and-reset, each page reported copied into the next
+ * frame's area.  Returns the pages saved. */
+long ww_floor_snap_save(struct ww_snap *s)
+{
+    if (s->count == s->keep) {
+        errno = EINVAL;
+        return fail("snap: save with every area in use (ww_floor_snap_write first)");
+    }
+    long n = tracked_get_reset(&s->t, s->out);
+    if (n < 0)
+        return -1;
+    if ((size_t)n > s->k) {
+        snprintf(error_buf, sizeof error_buf, "snap: %ld pages reported, %zu written", n, s->k);
+        return -1;
+    }
+    size_t a = (s->first + s->count) % s->keep;
+    char *dst = s->areas + a * s->k * page_size;
+    size_t *pages = s->area_pages + a * s->k;
+    uintptr_t base = (uintptr_t)s->t.r.base;
+    for (long i = 0; i < n; i++) {
+        memcpy(dst + (size_t)i * page_size, (const void *)s->out[i], page_size);
+        pages[i] = (s->out[i] - base) / page_size;
+    }
+    s->area_n[a] = (size_t)n;
+    s->count++;
+    return n;
+}
+
+/* After a save: it reported exactly the pages written; the frame's bytes
+ * are kept for restore's check. */
+int ww_floor_snap_check(struct ww_snap *s, long got)
+{
+    size_t a = (s->first + s->count - 1) % s->keep;
+    uintptr_t base = (uintptr_t)s->t.r.base;
+    if ((size_t)got != s->nwritten) {
+        snprintf(error_buf, sizeof error_buf, "snap: wrote %zu pages, save copied %ld",
+                 s->nwritten, got);
+        return -1;
+    }
+    for (size_t i = 0; i < s->nwritten; i++)        /* both ascending */
+        if (s->out[i] != base + s->written[i] * page_size) {
+            snprintf(error_buf, sizeof error_buf, "snap: page %zu written, %#llx reported",
+                     s->written[i], (unsigned long long)(s->out[i] - base));
+            return -1;
+        }
+    memcpy(s->state + a * s->npages, s->cur, s->npages);
+    s->nwritten = 0;
+    return 0;
+}
+
+/* Before a restore (not timed): K pages written since the last save, then
+ * which pages the restore to the oldest kept frame copies back, and from
+ * where.  Returns how many. */
+long ww_floor_snap_restore_prepare(struct ww_snap *s)
+{
+    if (s->count < 2 || s->nwritten) {
+        errno = EINVAL;
+        return fail("snap: restore needs two kept frames and a save after the last writes");
+    }
+    snap_write_pages(s);
+    size_t n = 0, a0 = s->first % s->keep, *p;
+    for (size_t f = s->first + 1; f < s->first + s->count; f++) {
+        size_t a = f % s->keep;
+        p = s->area_pages + a * s->k;
+        for (size_t j = 0; j < s->area_n[a]; j++)
+            if (!s->mark[p[j]]) {
+                s->mark[p[j]] = 1;
+                s->targets[n++] = p[j];
+            }
+    }
+    for (size_t j = 0; j < s->nwritten; j++)
+        if (!s->mark[s->written[j]]) {
+            s->mark[s->written[j]] = 1;
+            s->targets[n++] = s->written[j];
+        }
+    qsort(s->targets, n, sizeof *s->targets, cmp_u64);
+    p = s->area_pages + a0 * s->k;
+    for (size_t j = 0; j < s->area_n[a0]; j++)
+        if (s->mark[p[j]])
+            s->mark[p[j]] = 2 + (uint32_t)j;
+    for (size_t i = 0; i < n; i++) {
+        size_t page = s->targets[i];
+        uint32_t m = s->mark[page];
+        s->srcs[i] = m >= 2 ? s->areas + (a0 * s->k + m - 2) * page_size
+                            : s->base + page * page_size;
+        s->mark[page] = 0;
+        s->targets[i] = (uintptr_t)s->t.r.base + page * page_size;
+    }
+    s->ntargets = n;
+    return (long)n;
+}
+
+/* restore (timed): the copies back, then one get-and-reset.  Returns the
+ * pages it reported. */
+long ww_floor_snap_restore(struct ww_snap *s)
+{
+    for (size_t i = 0; i < s->ntargets; i++)
+        memcpy((void *)s->targets[i], s->srcs[i], page_size);
+    return tracked_get_reset(&s->t, s->out);
+}
+
+/* After a restore: it reported exactly the pages it rewrote, and every page
+ * holds the byte it held when the frame restored was saved.  The frames
+ * after it are gone. */
+int ww_floor_snap_restore_check(struct ww_snap *s, long got)
+{
+    const uint8_t *want = s->state + (s->first % s->keep) * s->npages;
+    if ((size_t)got != s->ntargets) {
+        snprintf(error_buf, sizeof error_buf, "snap: restore rewrote %zu pages, %ld reported",
+                 s->ntargets, got);
+        return -1;
+    }
+    for (size_t i = 0; i < s->ntargets; i++)
+        if (s->out[i] != s->targets[i]) {
+            snprintf(error_buf, sizeof error_buf, "snap: restore rewrote %#llx, %#llx reported",
+                     (unsigned long long)s->targets[i], (unsigned long long)s->out[i]);
+            return -1;
+        }
+    for (size_t p = 0; p < s->npages; p++)
+        if ((uint8_t)s->t.r.base[write_offset(p)] != want[p]) {
+            snprintf(error_buf, sizeof error_buf, "snap: page %zu holds %u after the restore, "
+                     "%u when saved", p, (uint8_t)s->t.r.base[write_offset(p)], want[p]);
+            return -1;
+        }
+    memcpy(s->cur, want, s->npages);
+    s->count = 1;
+    s->nwritten = 0;
+    return 0;
+}
+
+/* -- the whole region copied (np.copyto's floor) -- */
+
+struct ww_copy {
+    char *src, *dst;
+    size_t size;
+};
+
+void ww_floor_copy_free(struct ww_copy *c)
+{
+    if (!c)
+        return;
+    if (c->src)
+        munmap(c->src, c->size);
+    if (c->dst)
+        munmap(c->dst, c->size);
+    free(c);
+}
+
+struct ww_copy *ww_floor_copy_new(size_t size)
+{
+    struct ww_copy *c = calloc(1, sizeof *c);
+    if (!c) {
+        fail("malloc");
+        return NULL;
+    }
+    c->size = size;
+    if (!(c->src = map_filled(size, NULL)) || !(c->dst = map_filled(size, NULL))) {
+        ww_floor_copy_free(c);
+        return NULL;
+    }
+    if (!page_size)
+        page_size = (size_t)sysconf(_SC_PAGESIZE);
+    for (size_t off = 0; off < size; off += page_size)
+        c->src[off] = 1;
+    return c;
+}
+
+void ww_floor_copy_run(struct ww_copy *c)
+{
+    memcpy(c->dst, c->src, c->size);
+    __asm__ volatile("" : : "r"(c->dst) : "memory");    /* the copy is used */
+}
+
+/* -- DeltaLog.append's floor -- */
+
+struct ww_append {
+    struct tracked t;
+    size_t k, npages;
+    int fd;
+    char path[4096];
+    off_t end;
+    uint64_t *out;
+    size_t *written;
+    size_t nwritten;
+    uint32_t *perm;
+    uint64_t rng;
+    uint8_t value;
+    char *head;                 /* a record's header and indexes */
+    struct iovec *iov;
+    char *gathered;             /* write(2)'s record, gathered before the clock */
+    size_t gathered_len;
+};
+
+/* The file stays: its directory's owner removes it, after the measuring
+ * (freeing its blocks -- a discard, on a filesystem mounted with `discard`
+ * -- must not land in the next measurement).  ww_floor_append_path(). */
+void ww_floor_append_free(struct ww_append *a)
+{
+    if (!a)
+        return;
+    tracked_close(&a->t);
+    if (a->fd >= 0)
+        close(a->fd);
+    free(a->out);
+    free(a->written);
+    free(a->perm);
+    free(a->head);
+    free(a->iov);
+    if (a->gathered)
+        munmap(a->gathered, SNAP_HEAD + a->k * (8 + page_size));
+    free(a);
+}
+
+/* A region of `size` (uffd-async), and a new file in `dir` appended to. */
+struct ww_append *ww_floor_append_new(size_t size, size_t k, const char *dir, uint64_t seed)
+{
+    if (ww_floor_init() < 0)
+        return NULL;
+    if (size == 0 || size % page_size || k == 0 || k > size / page_size) {
+        errno = EINVAL;
+        fail("append: K pages 1..the region's");
+        return NULL;
+    }
+    struct ww_append *a = calloc(1, sizeof *a);
+    if (!a) {
+        fail("malloc");
+        return NULL;
+    }
+    a->fd = -1;
+    a->t.r.uffd = -1;
+    a->k = k;
+    a->npages = size / page_size;
+    a->rng = seed;
+    a->value = 1;
+    if (tracked_open(&a->t, TECH_ASYNC, size) < 0)
+        goto bad;
+    a->out = malloc(a->npages * sizeof *a->out);
+    a->written = malloc(k * sizeof *a->written);
+    a->perm = identity(a->npages);
+    a->head = calloc(1, SNAP_HEAD + 8 * k);
+    a->iov = malloc((k + 1) * sizeof *a->iov);
+    if (!a->out || !a->written || !a->perm || !a->head || !a->iov) {
+        fail("malloc");
+        goto bad;
+    }
+    if (!(a->gathered = map_filled(SNAP_HEAD + k * (8 + page_size), NULL)))
+        goto bad;
+    if (snprintf(a->path, sizeof a->path, "%s/ww-floor-append-XXXXXX", dir) >=
+        (int)sizeof a->path) {
+        errno = ENAMETOOLONG;
+        fail("append: directory");
+        goto bad;
+    }
+    a->fd = mkostemp(a->path, O_CLOEXEC);
+    if (a->fd < 0) {
+        fail("mkostemp");
+        goto bad;
+    }
+    return a;
+bad:
+    ww_floor_append_free(a);
+    return NULL;
+}
+
+const char *ww_floor_append_path(struct ww_append *a)
+{
+    return a->path;
+}
+
+/* A frame's writes (not timed): K distinct random pages. */
+int ww_floor_append_write(struct ww_append *a)
+{
+    choose_pages(&a->rng, a->perm, a->npages, a->written, a->k);
+    a->nwritten = a->k;
+    a->value = a->value >= 255 ? 2 : a->value + 1;
+    for (size_t i = 0; i < a->k; i++)
+        ((volatile char *)a->t.r.base)[write_offset(a->written[i])] = (char)a->value;
+    return 0;
+}
+
+static int write_all_at(int fd, struct iovec *iov, int n, off_t at)
+{
+    while (n > 0) {
+        ssize_t done = pwritev(fd, iov, n > IOV_MAX ? IOV_MAX : n, at);
+        if (done < 0) {
+            if (errno == EINTR)
+                continue;
+            return fail("pwritev");
+        }
+        at += done;
+        while (n > 0 && (size_t)done >= iov->iov_len) {
+            done -= (ssize_t)iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (char *)iov->iov_base + done;
+            iov->iov_len -= (size_t)done;
+        }
+    }
+    return 0;
+}
+
+/* The record's header and indexes for the pages in a->out. */
+static size_t append_head(struct ww_append *a, long n)
+{
+    uint64_t *idx = (uint64_t *)(a->head + SNAP_HEAD);
+    memcpy(a->head, "WWRC", 4);
+    memcpy(a->head + 16, &n, sizeof n);
+    for (long i = 0; i < n; i++)
+        idx[i] = (a->out[i] - (uintptr_t)a->t.r.base) / page_size;
+    return SNAP_HEAD + 8 * (size_t)n;
+}
+
+/* append (timed): get-and-reset, one pwritev at the end of the file
+ * straight from the region, fdatasync.  Returns the pages appended. */
+long ww_floor_append_writev(struct ww_append *a)
+{
+    long n = tracked_get_reset(&a->t, a->out);
+    if (n < 0)
+        return -1;
+    if ((size_t)n > a->k) {
+        snprintf(error_buf, sizeof error_buf, "append: %ld pages reported, %zu written", n, a->k);
+        return -1;
+    }
+    size_t len = append_head(a, n);
+    a->iov[0].iov_base = a->head;
+    a->iov[0].iov_len = len;
+    for (long i = 0; i < n; i++) {
+        a->iov[1 + i].iov_base = (void *)a->out[i];
+        a->iov[1 + i].iov_len = page_size;
+    }
+    if (write_all_at(a->fd, a->iov, (int)n + 1, a->end) < 0)
+        return -1;
+    if (fdatasync(a->fd) < 0)
+        return fail("fdatasync");
+    a->end += (off_t)(len + (size_t)n * page_size);
+    return n;
+}
+
+/* After a get-and-reset: it reported exactly the pages written. */
+int ww_floor_append_check(struct ww_append *a, long got)
+{
+    uintptr_t base = (uintptr_t)a->t.r.base;
+    if ((size_t)got != a->nwritten) {
+        snprintf(error_buf, sizeof error_buf, "append: wrote %zu pages, %ld reported",
+                 a->nwritten, got);
+        return -1;
+    }
+    for (size_t i = 0; i < a->nwritten; i++)
+        if (a->out[i] != base + a->written[i] * page_size) {
+            snprintf(error_buf, sizeof error_buf, "append: page %zu written, %#llx reported",
+                     a->written[i], (unsigned long long)(a->out[i] - base));
+            return -1;
+        }
+    a->nwritten = 0;
+    return 0;
+}
+
+/* Before write_fsync (not timed): get-and-reset, and the record gathered
+ * into one buffer.  Returns the pages (checked as ww_floor_append_check). */
+long ww_floor_append_gather(struct ww_append *a)
+{
+    long n = tracked_get_reset(&a->t, a->out);
+    if (n < 0 || ww_floor_append_check(a, n) < 0)
+        return -1;
+    size_t len = append_head(a, n);
+    memcpy(a->gathered, a->head, len);
+    for (long i = 0; i < n; i++)
+        memcpy(a->gathered + len + (size_t)i * page_size, (const void *)a->out[i], page_size);
+    a->gathered_len = len + (size_t)n * page_size;
+    if (lseek(a->fd, a->end, SEEK_SET) < 0)
+        return fail("lseek");
+    return n;
+}
+
+/* write(2) of the gathered record at the end of the file, then fsync
+ * (timed).  Returns the bytes written. */
+long ww_floor_append_write_fsync(struct ww_append *a)
+{
+    size_t done = 0;
+    while (done < a->gathered_len) {
+        ssize_t w = write(a->fd, a->gathered + done, a->gathered_len - done);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return fail("write");
+        }
+        done += (size_t)w;
+    }
+    if (fsync(a->fd) < 0)
+        return fail("fsync");
+    a->end += (off_t)done;
+    return (long)done;
+}
+
 /* ---- the program ------------------------------------------------------- */
 #ifndef WW_FLOOR_LIBRARY
 
 static double budget_ns = 200e6;
 static long min_reps = 3, max_reps = 100000;
 static int failed;
+static const char *work_dir;
+static int dir_given;
 static uint64_t rng_state = 0x9e3779b97f4a7c15u;
 
 static uint64_t splitmix64(void)
 {
     return splitmix64_r(&rng_state);
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
 }
 
 static int cmp_size(const void *a, const void *b)
@@ -1332,78 +2180,14 @@ done:
     return rc;
 }
 
-/* -- first-write fault techniques -- */
-
-static char *seg_base;
-static size_t seg_size;
-static volatile long seg_faults;
-static struct sigaction seg_old;
-
-static void on_segv(int sig, siginfo_t *si, void *ctx)
-{
-    uintptr_t a = (uintptr_t)si->si_addr;
-    (void)ctx;
-    if (a >= (uintptr_t)seg_base && a < (uintptr_t)seg_base + seg_size) {
-        a &= ~(uintptr_t)(page_size - 1);
-        if (mprotect((void *)a, page_size, PROT_READ | PROT_WRITE) == 0) {
-            seg_faults++;
-            return;
-        }
-    }
-    sigaction(sig, &seg_old, NULL);     /* a real crash: let it crash */
-}
-
-struct sync_handler {
-    int uffd;
-    int stop_pipe[2];
-    long faults;
-    int error;
-};
-
-static void *sync_thread(void *p)
-{
-    struct sync_handler *h = p;
-    struct pollfd fds[2] = { { h->uffd, POLLIN, 0 }, { h->stop_pipe[0], POLLIN, 0 } };
-    for (;;) {
-        if (poll(fds, 2, -1) < 0) {
-            if (errno == EINTR)
-                continue;
-            h->error = errno;
-            return NULL;
-        }
-        if (fds[1].revents)
-            return NULL;
-        struct uffd_msg msg;
-        ssize_t n = read(h->uffd, &msg, sizeof msg);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EINTR)
-                continue;
-            h->error = errno;
-            return NULL;
-        }
-        if (n != sizeof msg || msg.event != UFFD_EVENT_PAGEFAULT)
-            continue;
-        uintptr_t a = msg.arg.pagefault.address & ~(uint64_t)(page_size - 1);
-        struct uffdio_writeprotect wp = {
-            .range = { .start = a, .len = page_size }, .mode = 0,   /* unprotect + wake */
-        };
-        if (ioctl(h->uffd, UFFDIO_WRITEPROTECT, &wp) < 0) {
-            h->error = errno;
-            return NULL;
-        }
-        h->faults++;
-    }
-}
-
 static int run_fault(const char *spec, const char *tech, size_t npages)
 {
     struct region r;
     size_t size = npages * page_size;
     uint64_t *t = malloc(max_reps * sizeof *t);
     uint64_t *out = malloc(npages * sizeof *out);
-    struct sync_handler h = { .uffd = -1, .stop_pipe = { -1, -1 } };
-    pthread_t thread;
-    int have_thread = 0, have_segv = 0, rc = -1;
+    struct sync_handler h = { .uffd = -1 };
+    int have_segv = 0, rc = -1;
     int kind = !strcmp(tech, "uffd-async") ? 0 : !strcmp(tech, "uffd-sync") ? 1
              : !strcmp(tech, "mprotect") ? 2 : !strcmp(tech, "none") ? 3 : -1;
     r.base = NULL;
@@ -1426,19 +2210,12 @@ static int run_fault(const char *spec, const char *tech, size_t npages)
     }
     touch_pages(r.base, size, page_size, 1);       /* populated, as after a frame */
     if (kind == 1) {
-        r.uffd = uffd_open(0, 1);
+        r.uffd = uffd_open(0, 0);
         if (r.uffd < 0 || uffd_register_wp(r.uffd, r.base, size) < 0)
             goto done;
         h.uffd = r.uffd;
-        if (pipe(h.stop_pipe) < 0) {
-            fail("pipe");
+        if (sync_start(&h) < 0)
             goto done;
-        }
-        if ((errno = pthread_create(&thread, NULL, sync_thread, &h)) != 0) {
-            fail("pthread_create");
-            goto done;
-        }
-        have_thread = 1;
     } else if (kind == 2) {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
@@ -1496,16 +2273,11 @@ static int run_fault(const char *spec, const char *tech, size_t npages)
     print_result(fields, "page", t, reps, (double)npages);
     rc = 0;
 done:
-    if (have_thread) {
-        if (write(h.stop_pipe[1], "x", 1) < 0) { /* the thread still ends on close */ }
-        pthread_join(thread, NULL);
-    }
-    if (h.stop_pipe[0] >= 0) {
-        close(h.stop_pipe[0]);
-        close(h.stop_pipe[1]);
-    }
+    sync_stop(&h);
     if (have_segv)
         sigaction(SIGSEGV, &seg_old, NULL);
+    seg_base = NULL;
+    seg_size = 0;
     seg_faults = 0;
     unmap_region(&r);
     free(t);
@@ -1752,16 +2524,174 @@ done:
     return rc;
 }
 
+/* ---- Snapshots and DeltaLog, timed -------------------------------------- */
+
+/* save, then restore KEEP - 1 frames back, on a region tracked with `tech`.
+ * The save is timed once every area is in use (KEEP + 1 saves before: the
+ * ring full and folding, as the library's in its steady state).  Each
+ * restore is followed by KEEP - 1 saves (not timed) that fill the ring
+ * again. */
+static int run_snap(const char *tech, size_t size, size_t k, size_t keep)
+{
+    struct ww_snap *s = ww_floor_snap_new(tech, size, k, keep, 0x5a4e);
+    uint64_t *t = malloc(max_reps * sizeof *t);
+    long reps = 0;
+    double restored = 0;
+    int rc = -1;
+    char fields[320];
+    if (!s)
+        goto done;
+    if (!t) {
+        fail("malloc");
+        goto done;
+    }
+    for (size_t i = 0; i <= keep; i++) {
+        long got;
+        if (ww_floor_snap_write(s) < 0 || (got = ww_floor_snap_save(s)) < 0 ||
+            ww_floor_snap_check(s, got) < 0)
+            goto done;
+    }
+    uint64_t started = now_ns();
+    while (keep_going(reps, started)) {
+        if (ww_floor_snap_write(s) < 0)
+            goto done;
+        uint64_t t0 = now_ns();
+        long got = ww_floor_snap_save(s);
+        uint64_t t1 = now_ns();
+        if (got < 0 || ww_floor_snap_check(s, got) < 0)
+            goto done;
+        t[reps++] = t1 - t0;
+    }
+    snprintf(fields, sizeof fields, "\"workload\": \"snapshots\", \"op\": \"save\", "
+             "\"tech\": \"%s\", \"size\": %zu, \"written\": %zu, \"keep\": %zu",
+             tech, size, k, keep);
+    print_result(fields, "call", t, reps, 1);
+    reps = 0;
+    started = now_ns();
+    while (keep_going(reps, started)) {
+        long n = ww_floor_snap_restore_prepare(s);
+        if (n < 0)
+            goto done;
+        uint64_t t0 = now_ns();
+        long got = ww_floor_snap_restore(s);
+        uint64_t t1 = now_ns();
+        if (got < 0 || ww_floor_snap_restore_check(s, got) < 0)
+            goto done;
+        t[reps++] = t1 - t0;
+        restored += (double)n;
+        for (size_t i = 1; i < keep; i++) {
+            if (ww_floor_snap_write(s) < 0 || (got = ww_floor_snap_save(s)) < 0 ||
+                ww_floor_snap_check(s, got) < 0)
+                goto done;
+        }
+    }
+    snprintf(fields, sizeof fields, "\"workload\": \"snapshots\", \"op\": \"restore\", "
+             "\"tech\": \"%s\", \"size\": %zu, \"written\": %zu, \"keep\": %zu, "
+             "\"back\": %zu, \"restored\": %.1f", tech, size, k, keep, keep - 1,
+             restored / (double)reps);
+    print_result(fields, "call", t, reps, 1);
+    rc = 0;
+done:
+    ww_floor_snap_free(s);
+    free(t);
+    return rc;
+}
+
+static int run_copy(size_t size)
+{
+    struct ww_copy *c = ww_floor_copy_new(size);
+    uint64_t *t = malloc(max_reps * sizeof *t);
+    long reps = 0;
+    int rc = -1;
+    if (!c)
+        goto done;
+    if (!t) {
+        fail("malloc");
+        goto done;
+    }
+    ww_floor_copy_run(c);                                   /* warm-up */
+    uint64_t started = now_ns();
+    while (keep_going(reps, started)) {
+        uint64_t t0 = now_ns();
+        ww_floor_copy_run(c);
+        t[reps++] = now_ns() - t0;
+    }
+    char fields[256];
+    snprintf(fields, sizeof fields, "\"workload\": \"snapshots\", \"op\": \"copy\", "
+             "\"tech\": \"memcpy\", \"size\": %zu", size);
+    print_result(fields, "call", t, reps, 1);
+    rc = 0;
+done:
+    ww_floor_copy_free(c);
+    free(t);
+    return rc;
+}
+
+/* The two append floors, frame by frame in turn on one file. */
+static int run_append(size_t size, size_t k, const char *dir)
+{
+    struct ww_append *a = ww_floor_append_new(size, k, dir, 0xa99e);
+    uint64_t *tv = malloc(max_reps * sizeof *tv), *tw = malloc(max_reps * sizeof *tw);
+    long reps = 0;
+    int rc = -1;
+    if (!a)
+        goto done;
+    if (!tv || !tw) {
+        fail("malloc");
+        goto done;
+    }
+    uint64_t started = now_ns();
+    for (long warm = 1; warm >= 0; warm--) {
+        while (warm || keep_going(reps, started)) {
+            ww_floor_append_write(a);
+            uint64_t t0 = now_ns();
+            long got = ww_floor_append_writev(a);
+            uint64_t t1 = now_ns();
+            if (got < 0 || ww_floor_append_check(a, got) < 0)
+                goto done;
+            ww_floor_append_write(a);
+            if (ww_floor_append_gather(a) < 0)
+                goto done;
+            uint64_t t2 = now_ns();
+            if (ww_floor_append_write_fsync(a) < 0)
+                goto done;
+            uint64_t t3 = now_ns();
+            if (warm)
+                break;                  /* one of each first, not kept */
+            tv[reps] = t1 - t0;
+            tw[reps++] = t3 - t2;
+        }
+        started = now_ns();
+    }
+    char fields[320];
+    const char *common = "\"workload\": \"deltalog\", \"op\": \"%s\", \"tech\": \"%s\", "
+                         "\"size\": %zu, \"written\": %zu";
+    snprintf(fields, sizeof fields, common, "append", "writev", size, k);
+    print_result(fields, "call", tv, reps, 1);
+    snprintf(fields, sizeof fields, common, "append", "write", size, k);
+    print_result(fields, "call", tw, reps, 1);
+    rc = 0;
+done:
+    if (a && !dir_given)
+        unlink(a->path);        /* else the caller removes its directory */
+    ww_floor_append_free(a);
+    free(tv);
+    free(tw);
+    return rc;
+}
+
 /* ---- main --------------------------------------------------------------- */
 
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: ww-floor [--budget-ms N] [--min-reps N] [--max-reps N] WORKLOAD...\n"
+            "usage: ww-floor [--budget-ms N] [--min-reps N] [--max-reps N] [--dir DIR] "
+            "WORKLOAD...\n"
             "  frame:SIZE:K[,K...]  clean:SIZE  sparse:SIZE  limit:SIZE:COUNT  fault:TECH:PAGES\n"
             "  wine:THREADS:PAGES:DELAY_US:WRITES  gc:SIZE:K:BATCH  reserve:SIZE:COMMIT:K\n"
-            "  regions:COUNT:SIZE\n"
-            "  TECH: uffd-async uffd-sync mprotect none; SIZE with K/M/G suffix\n");
+            "  regions:COUNT:SIZE  snap:TECH:SIZE:K:KEEP  copy:SIZE  append:SIZE:K\n"
+            "  TECH: uffd-async uffd-sync mprotect none (snap: not none); SIZE with K/M/G\n"
+            "  suffix; --dir DIR: where append makes its file (default $TMPDIR or /tmp)\n");
 }
 
 int main(int argc, char **argv)
@@ -1775,6 +2705,10 @@ int main(int argc, char **argv)
             min_reps = atol(argv[++i]);
         else if (!strcmp(argv[i], "--max-reps") && i + 1 < argc)
             max_reps = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--dir") && i + 1 < argc) {
+            work_dir = argv[++i];
+            dir_given = 1;
+        }
         else {
             usage();
             return 2;
@@ -1784,6 +2718,8 @@ int main(int argc, char **argv)
         usage();
         return 2;
     }
+    if (!work_dir)
+        work_dir = getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
     char why[256];
     int async_ok = probe_async(why, sizeof why);
     pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
@@ -1839,6 +2775,20 @@ int main(int argc, char **argv)
                 continue;
             }
             rc = run_fault(spec, tech, b);
+        } else if (!strcmp(kind, "snap")) {
+            /* snap:TECH:SIZE:K:KEEP */
+            size_t f[3];
+            if (!c2 || c2 - c1 - 1 >= (long)sizeof tech || parse_fields(c2 + 1, f, 3) != 3 ||
+                f[0] % page_size) {
+                usage();
+                return 2;
+            }
+            memcpy(tech, c1 + 1, c2 - c1 - 1);
+            if (!strcmp(tech, "uffd-async") && !async_ok) {
+                print_skip(spec, why);
+                continue;
+            }
+            rc = run_snap(tech, f[0], f[1], f[2]);
         } else {
             if (a == 0 || a % page_size) {
                 fprintf(stderr, "ww-floor: %s: SIZE must be a positive multiple of %zu\n",
@@ -1857,6 +2807,10 @@ int main(int argc, char **argv)
                 rc = run_scan("sparse", a, 1);
             else if (!strcmp(kind, "limit") && c2)
                 rc = run_limit(a, strtoul(c2 + 1, NULL, 10));
+            else if (!strcmp(kind, "copy") && !c2)
+                rc = run_copy(a);
+            else if (!strcmp(kind, "append") && c2 && b)
+                rc = run_append(a, b, work_dir);
             else {
                 usage();
                 return 2;

@@ -36,12 +36,13 @@ def floor_missing():
     return "not built: writewatch/_bin/ww-floor is missing " + _BUILD_HINT
 
 
-def run_floor(workloads, budget, min_reps, timeout=600):
-    """Run ww-floor on workload specs; returns (list of result dicts, error or None)."""
+def run_floor(workloads, budget, min_reps, timeout=600, args=()):
+    """Run ww-floor on workload specs (after its options `args`); returns
+    (list of result dicts, error or None)."""
     path = floor_path()
     if path is None:
         return [], "C floor " + floor_missing()
-    cmd = [path, "--budget-ms", "%g" % (budget * 1000), "--min-reps", str(min_reps)]
+    cmd = [path, "--budget-ms", "%g" % (budget * 1000), "--min-reps", str(min_reps)] + list(args)
     try:
         p = subprocess.run(cmd + list(workloads), capture_output=True, text=True,
                            timeout=timeout)
@@ -61,28 +62,40 @@ def run_floor(workloads, budget, min_reps, timeout=600):
 # ---------------------------------------------------------------------------
 # libwwfloor.so
 
-_lib = None
-_lib_error = None
+_lib = None              # the loaded library, once loaded
+_load_error = None
+_init_error = None       # why async uffd-wp workloads cannot run, if they cannot
 
 
-def library():
-    """The loaded libwwfloor.so; raises BenchError saying why it cannot be used."""
-    global _lib, _lib_error
-    if _lib is None and _lib_error is None:
+def _load():
+    """The loaded libwwfloor.so, whatever the kernel can do; BenchError if
+    it cannot be loaded."""
+    global _lib, _load_error
+    if _lib is None and _load_error is None:
         path = os.path.join(_BIN, "libwwfloor.so")
         try:
             lib = ctypes.CDLL(path)
         except OSError as e:
-            _lib_error = "libwwfloor.so not loadable: %s %s" % (e, _BUILD_HINT)
+            _load_error = "libwwfloor.so not loadable: %s %s" % (e, _BUILD_HINT)
         else:
             _declare(lib)
-            if lib.ww_floor_init() < 0:
-                _lib_error = "C floor cannot run here: %s" % lib.ww_floor_error().decode()
-            else:
-                _lib = lib
+            _lib = lib
     if _lib is None:
-        raise BenchError(_lib_error)
+        raise BenchError(_load_error)
     return _lib
+
+
+def library():
+    """The loaded libwwfloor.so, able to run the workloads on async uffd-wp
+    (the scale patterns, pagemap's technique); raises BenchError saying why
+    it cannot be used."""
+    global _init_error
+    lib = _load()
+    if _init_error is None and lib.ww_floor_init() < 0:
+        _init_error = "C floor cannot run here: %s" % lib.ww_floor_error().decode()
+    if _init_error is not None:
+        raise BenchError(_init_error)
+    return lib
 
 
 def library_unavailable():
@@ -126,6 +139,25 @@ def _declare(lib):
         "ww_floor_regions_scan_runs": (L, [P]),
         "ww_floor_regions_check": (I, [P]),
         "ww_floor_regions_free": (I, [P, PU64]),
+        "ww_floor_snap_new": (P, [ctypes.c_char_p, S, S, S, U64]),
+        "ww_floor_snap_write": (I, [P]),
+        "ww_floor_snap_save": (L, [P]),
+        "ww_floor_snap_check": (I, [P, L]),
+        "ww_floor_snap_restore_prepare": (L, [P]),
+        "ww_floor_snap_restore": (L, [P]),
+        "ww_floor_snap_restore_check": (I, [P, L]),
+        "ww_floor_snap_free": (None, [P]),
+        "ww_floor_copy_new": (P, [S]),
+        "ww_floor_copy_run": (None, [P]),
+        "ww_floor_copy_free": (None, [P]),
+        "ww_floor_append_new": (P, [S, S, ctypes.c_char_p, U64]),
+        "ww_floor_append_write": (I, [P]),
+        "ww_floor_append_writev": (L, [P]),
+        "ww_floor_append_check": (I, [P, L]),
+        "ww_floor_append_gather": (L, [P]),
+        "ww_floor_append_write_fsync": (L, [P]),
+        "ww_floor_append_free": (None, [P]),
+        "ww_floor_append_path": (ctypes.c_char_p, [P]),
     }
     for name, (res, args) in sigs.items():
         fn = getattr(lib, name)
@@ -275,6 +307,111 @@ class FloorRegions:
             self.close_ns = closed.value / self.count
 
 
+class FloorSnapshots:
+    """The floor's Snapshots (issue 12), as writewatch._bench.SnapshotFrames:
+    a `size` region tracked with `tech` (uffd-async, uffd-sync or mprotect),
+    `k` pages written per frame, `keep` save areas.  save() and restore()
+    are the timed calls; write(), prepare_restore() and the checks are not.
+    The copy of the whole region is FloorCopy."""
+
+    def __init__(self, tech, size, k, keep=8, seed=0x5a4e):
+        lib = library() if tech == "uffd-async" else _load()
+        self.tech, self.k, self.keep = tech, k, keep
+        self._p = lib.ww_floor_snap_new(tech.encode(), size, k, keep, seed)
+        if not self._p:
+            _check(-1)
+        self.kept = 0                   # frames in the save areas
+        self.restored = []
+
+    def write(self):
+        _check(_lib.ww_floor_snap_write(self._p))
+        self.kept = min(self.kept, self.keep - 1)      # the oldest went into the base
+
+    def save(self):
+        return _check(_lib.ww_floor_snap_save(self._p))
+
+    def check_save(self, got):
+        _check(_lib.ww_floor_snap_check(self._p, got))
+        self.kept += 1
+
+    def frame(self):
+        self.write()
+        self.check_save(self.save())
+
+    def prepare_restore(self):
+        while self.kept < self.keep:
+            self.frame()
+        n = _check(_lib.ww_floor_snap_restore_prepare(self._p))
+        self.restored.append(n)
+        return n
+
+    def restore(self):
+        return _check(_lib.ww_floor_snap_restore(self._p))
+
+    def check_restore(self, got):
+        _check(_lib.ww_floor_snap_restore_check(self._p, got))
+        self.kept = 1
+
+    def close(self):
+        if self._p:
+            _lib.ww_floor_snap_free(self._p)
+            self._p = None
+
+
+class FloorCopy:
+    """memcpy of a whole populated `size` region into another, faulted in."""
+
+    def __init__(self, size):
+        self._p = _load().ww_floor_copy_new(size)
+        if not self._p:
+            _check(-1)
+
+    def run(self):
+        _lib.ww_floor_copy_run(self._p)
+
+    def close(self):
+        if self._p:
+            _lib.ww_floor_copy_free(self._p)
+            self._p = None
+
+
+class FloorAppend:
+    """The floor's DeltaLog.append() (issue 12), as writewatch._bench.LogAppend:
+    a `size` region (uffd-async), `k` pages written per frame, appended to a
+    new file in `directory`.  Two timed calls: writev() (get-and-reset, one
+    pwritev straight from the region, fdatasync) and write_fsync() (write(2)
+    of the record gathered by gather(), not timed, then fsync).  The file
+    (`path`) stays in `directory`, for its owner to remove."""
+
+    def __init__(self, size, k, directory, seed=0xa99e):
+        lib = library()
+        self.k = k
+        self._p = lib.ww_floor_append_new(size, k, os.fsencode(directory), seed)
+        if not self._p:
+            _check(-1)
+        self.path = os.fsdecode(lib.ww_floor_append_path(self._p))
+
+    def write(self):
+        _check(_lib.ww_floor_append_write(self._p))
+
+    def writev(self):
+        return _check(_lib.ww_floor_append_writev(self._p))
+
+    def check(self, got):
+        _check(_lib.ww_floor_append_check(self._p, got))
+
+    def gather(self):
+        return _check(_lib.ww_floor_append_gather(self._p))
+
+    def write_fsync(self):
+        return _check(_lib.ww_floor_append_write_fsync(self._p))
+
+    def close(self):
+        if self._p:
+            _lib.ww_floor_append_free(self._p)
+            self._p = None
+
+
 def vmpte():
     """Page tables of this process (the floor library's reading of VmPTE)."""
     v = library().ww_floor_vmpte()
@@ -282,4 +419,5 @@ def vmpte():
 
 
 __all__ = ["floor_path", "floor_missing", "run_floor", "library", "library_unavailable",
-           "FloorWine", "FloorGC", "FloorReservation", "FloorRegions", "vmpte"]
+           "FloorWine", "FloorGC", "FloorReservation", "FloorRegions", "FloorSnapshots",
+           "FloorCopy", "FloorAppend", "vmpte"]
