@@ -24,9 +24,10 @@ from writewatch._bench.runner import (
 from writewatch._bench.units import (
     GiB, KiB, MiB, PAGE, fmt_bytes, fmt_fraction, fmt_ns, fmt_size, fmt_spread)
 from writewatch._bench.workloads import (
-    BenchError, BenchSkip, CleanScan, FirstWrite, FrameLoop, GCPattern, LimitCall, ManyRegions,
-    Memory, Sparse, Win32Call, WinePattern, many_unavailable, reservation_steps, verify,
-    win32_unavailable, write_offsets, written_pages)
+    BenchError, BenchSkip, CleanScan, FirstWrite, FrameLoop, GCPattern, LimitCall, LogAppend,
+    ManyRegions, Memory, SnapshotFrames, Sparse, Win32Call, WinePattern, filesystem_of,
+    many_unavailable, reservation_steps, verify, win32_unavailable, write_offsets,
+    written_pages)
 
 __all__ = [
     "add_arguments", "run", "floor_path", "run_floor", "FLOOR_TECH", "PLOT_HINT",
@@ -34,7 +35,7 @@ __all__ = [
     "STATISTIC", "Plan", "Progress", "_best_of_passes", "collect", "jobs", "machine_info",
     "GiB", "KiB", "MiB", "PAGE", "fmt_bytes", "fmt_fraction", "fmt_ns", "fmt_size",
     "fmt_spread", "BenchError", "BenchSkip", "CleanScan", "FirstWrite", "FrameLoop",
-    "GCPattern", "LimitCall", "ManyRegions", "Memory", "Sparse", "Win32Call", "WinePattern",
-    "many_unavailable", "reservation_steps", "verify", "win32_unavailable", "write_offsets",
-    "written_pages",
+    "GCPattern", "LimitCall", "LogAppend", "ManyRegions", "Memory", "SnapshotFrames", "Sparse",
+    "Win32Call", "WinePattern", "filesystem_of", "many_unavailable", "reservation_steps",
+    "verify", "win32_unavailable", "write_offsets", "written_pages",
 ]

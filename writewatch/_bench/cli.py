@@ -19,10 +19,10 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MISSED = 0, 1, 2, 3
 def add_arguments(parser):
     parser.description = (
         "Run every available backend and the raw-C floor on the same workloads "
-        "(frame loop, first write, clean scan, max_count, sparse, win32, and the "
+        "(frame loop, first write, clean scan, max_count, sparse, win32; the "
         "scale patterns: Wine's microbenchmark, the .NET GC's pattern, a large "
-        "reservation, many regions) and print a table with ratios and the "
-        "project's targets.")
+        "reservation, many regions; Snapshots' save and restore and DeltaLog's "
+        "append) and print a table with ratios and the project's targets.")
     parser.epilog = ("Exit status: 0 all ran; 1 a workload failed or answered wrongly; "
                      "2 bad usage; 3 (--check) a target was missed.")
     g = parser.add_mutually_exclusive_group()

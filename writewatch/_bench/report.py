@@ -30,9 +30,12 @@ def find(doc, workload, backend, **params):
     for r in doc["results"]:
         if r["workload"] != workload or r["backend"] != backend:
             continue
+        # The floor's records of one workload differ by technique: a tech
+        # asked for must match (the first-write table asks for the floor's
+        # fault under each backend's technique).
+        if backend == "floor" and "tech" in params and r.get("tech") != params["tech"]:
+            continue
         if workload == "fault" and backend == "floor":
-            if r.get("tech") != params.get("tech"):
-                continue
             return r
         if all(r.get(k) == v for k, v in params.items() if k != "tech"):
             return r
@@ -147,6 +150,7 @@ def evaluate_targets(doc):
         add("win32 GetWriteWatch, 16 pages (pagemap)", "< 5 us per call", w["value_ns"],
             w["value_ns"] < 5000, None, "%s per call" % fmt_ns(w["value_ns"]), (w,))
     _scale_targets(doc, add, missing, ratio_target, pm_why, floor_why)
+    _snapshot_targets(doc, ratio_target, pm_why, floor_why)
     return targets
 
 
@@ -235,6 +239,42 @@ def _scale_targets(doc, add, missing, ratio_target, pm_why, floor_why):
             "per region: " + ", ".join(parts), (best,))
 
 
+def _snapshot_targets(doc, ratio_target, pm_why, floor_why):
+    """Issue 12's goals: Snapshots and DeltaLog, on pagemap, each against its
+    C floor measured in the same run."""
+    s = (doc.get("patterns") or {}).get("snapshots")
+    what = (" (%s, %s written per frame)" % (fmt_size(s["size"]), fmt_fraction(s["fraction"]))
+            if s else "")
+    back = s["keep"] - 1 if s else None
+
+    def lib(op):
+        return find(doc, "snapshots", "pagemap", op=op)
+
+    def flo(op):
+        return find(doc, "snapshots", "floor", op=op, tech=FLOOR_TECH["pagemap"])
+    both = ("pagemap", "floor")
+    ratio_target("Snapshots%s: pagemap save() vs np.copyto of the whole region" % what,
+                 ">= 20x faster", lib("copy"), lib("save"), 20.0, True, [pm_why],
+                 "np.copyto %s, save() %s", job="snapshots")
+    ratio_target("Snapshots%s: pagemap save() vs C floor" % what, "<= 1.5x", lib("save"),
+                 flo("save"), 1.5, False, [pm_why, floor_why], "save() %s, floor %s",
+                 job="snapshots", backends=both)
+    ratio_target("Snapshots%s: pagemap restore() %s frames back vs C floor"
+                 % (what, back if back is not None else "several"), "<= 2x",
+                 lib("restore"), flo("restore"), 2.0, False, [pm_why, floor_why],
+                 "restore() %s, floor %s", job="snapshots", backends=both)
+    app = find(doc, "deltalog", "pagemap", op="append")
+    t = ratio_target("DeltaLog%s: pagemap append() vs C floor (write(2) + fsync)" % what,
+                     "<= 1.5x", app, find(doc, "deltalog", "floor", op="append", tech="write"),
+                     1.5, False, [pm_why, floor_why], "append() %s, floor %s",
+                     job="deltalog", backends=both)
+    other = find(doc, "deltalog", "floor", op="append", tech="writev")
+    if t["met"] is not None and other is not None:
+        t["detail"] += ("; the floor with its get-and-reset, pwritev from the region and "
+                        "fdatasync %s, %.2fx" % (fmt_ns(other["value_ns"]),
+                                                 app["value_ns"] / other["value_ns"]))
+
+
 # ---------------------------------------------------------------------------
 # Tables.
 
@@ -319,8 +359,9 @@ def print_report(doc, out=None):
     for s in doc["skipped"]:
         out.write("  skipped %s: %s\n" % (s["workload"], s["skip"]))
     out.write("  each time is fastest-median of its repeats%s; ratios use the median for "
-              "frames, first writes and the Wine microbenchmark, the fastest for scans and "
-              "calls; ! marks a figure whose repeats disagree widely (see Notes)\n"
+              "frames, first writes, the Wine microbenchmark, Snapshots and DeltaLog, the "
+              "fastest for scans and calls; ! marks a figure whose repeats disagree widely "
+              "(see Notes)\n"
               % (" (best of %d passes, the C floor and the backends taking turns)"
                  % doc["passes"] if doc.get("passes", 1) > 1 else ""))
     rep = _Report(doc, out)
@@ -370,6 +411,7 @@ def print_report(doc, out=None):
         _table(["backend", "per call"], rows, out)
 
     _print_scale(doc, rep, out)
+    _print_snapshots(doc, rep, out)
 
     out.write("\nTargets\n")
     for t in doc["targets"]:
@@ -436,6 +478,73 @@ def _print_scale(doc, rep, out):
     m = pat.get("regions")
     if m:
         _print_regions(doc, rep, m, out)
+
+
+def _print_snapshots(doc, rep, out):
+    s = doc["patterns"].get("snapshots")
+    if not s:
+        return
+    recs = [r for r in doc["results"] if r["workload"] in ("snapshots", "deltalog")]
+    if not recs:
+        return
+    k = next((r["written"] for r in recs if r.get("written")), None)
+    back = s["keep"] - 1
+
+    def floor_cell(workload, op, tech, label):
+        r = find(doc, workload, "floor", op=op, tech=tech)
+        return r, "-" if r is None else "%s (%s)" % (_cell(r), label)
+    lines = []
+    for workload, op, title in (("snapshots", "copy", "copy of the whole region (np.copyto)"),
+                                ("snapshots", "save", "save()"),
+                                ("snapshots", "restore", "restore() %d frames back" % back),
+                                ("deltalog", "append", "DeltaLog.append()")):
+        for i, n in enumerate(rep.names):
+            lib = find(doc, workload, n, op=op)
+            if op == "copy":
+                fl, cell = floor_cell(workload, op, "memcpy", "memcpy")
+            elif op == "append":
+                fl, cell = floor_cell(workload, op, "write", "write(2) + fsync")
+            else:
+                tech = FLOOR_TECH.get(n)
+                fl, cell = floor_cell(workload, op, tech, tech)
+            if lib is None and fl is None:
+                continue
+            lines.append([title if not i else "", n,
+                          _cell(lib), cell, _ratio(_v(lib), _v(fl))])
+    if not lines:
+        return
+    out.write("\nSnapshots and DeltaLog (issue 12): a %s region, every page written once, "
+              "then %s random pages (%s) written per frame outside the timer; "
+              "Snapshots(keep=%d), restore() of the oldest snapshot kept; DeltaLog.append() "
+              "with its fdatasync (time per call)\n"
+              % (fmt_size(s["size"]), "{:,}".format(k) if k else "some",
+                 fmt_fraction(s["fraction"]), s["keep"]))
+    _table(["operation", "backend", "library", "C floor (technique)", "lib/floor"], lines, out)
+    speed = ["%s %s" % (n, _ratio(_v(find(doc, "snapshots", n, op="copy")),
+                                  _v(find(doc, "snapshots", n, op="save"))))
+             for n in rep.names if find(doc, "snapshots", n, op="save") is not None]
+    if speed:
+        out.write("  np.copyto of the whole region / save(): %s\n" % ", ".join(speed))
+    pages = ["%s %s" % ("C floor (%s)" % r.get("tech") if c == "floor" else c,
+                        "{:,.0f}".format(r["restored"]))
+             for c in rep.cols for r in doc["results"]
+             if r["workload"] == "snapshots" and r["backend"] == c and r.get("op") == "restore"
+             and r.get("restored") is not None]
+    if pages:
+        out.write("  pages a restore rewrote, on average (the %d newer snapshots' and those "
+                  "written since the last save): %s\n" % (back, ", ".join(pages)))
+    other = find(doc, "deltalog", "floor", op="append", tech="writev")
+    if other is not None:
+        parts = ["%s %s" % (n, _ratio(_v(find(doc, "deltalog", n, op="append")), _v(other)))
+                 for n in rep.names if find(doc, "deltalog", n, op="append") is not None]
+        out.write("  DeltaLog.append()'s other C floor -- get-and-reset, one pwritev straight "
+                  "from the region, fdatasync: %s%s\n"
+                  % (_cell(other), "; library / it: " + ", ".join(parts) if parts else ""))
+    logs = doc.get("log_dir")
+    if logs:
+        out.write("  the logs, the library's and the floor's, were in %s: %s on %s\n"
+                  % (logs.get("dir"), logs.get("fstype") or "unknown filesystem",
+                     logs.get("device") or "unknown device"))
 
 
 def _cpus(doc):
@@ -538,7 +647,7 @@ def _what(r):
     bits = []
     if r.get("size"):
         bits.append(fmt_size(r["size"]))
-    for k in ("metric", "step", "variant", "tech"):
+    for k in ("op", "metric", "step", "variant", "tech"):
         if r.get(k):
             bits.append(str(r[k]))
     return (" " + " ".join(bits)) if bits else ""

@@ -11,7 +11,9 @@ value is kept so the report can say when they disagree.
 import json
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -19,20 +21,23 @@ import numpy as np
 import writewatch
 from writewatch import _core
 from writewatch._bench import floor as _floor
+from writewatch._bench.report import FLOOR_TECH
 from writewatch._bench.units import GiB, KiB, MiB, PAGE, fmt_size
 from writewatch._bench.workloads import (
-    BenchError, BenchSkip, CleanScan, FirstWrite, FrameLoop, GCPattern, LimitCall,
-    ManyRegions, Sparse, Win32Call, WinePattern, _repeat, many_unavailable,
-    run_reservation, win32_unavailable, written_pages)
+    BenchError, BenchSkip, CleanScan, FirstWrite, FrameLoop, GCPattern, LimitCall, LogAppend,
+    ManyRegions, SnapshotFrames, Sparse, Win32Call, WinePattern, _repeat, filesystem_of,
+    many_unavailable, run_reservation, win32_unavailable, written_pages)
 
 # The statistic each workload reports.  Frames, first writes and the Wine
 # microbenchmark take page faults, whose cost varies from one repeat to the
 # next: the median.  The scans and calls redo identical work each time, and
 # a shared machine can only add to it: the minimum (of single calls, or of
-# batch means).
+# batch means).  Snapshots' restores take faults and DeltaLog's appends wait
+# for the disk: the median, and for saves and copies beside them too.
 STATISTIC = {"frame": "median", "fault": "median", "clean": "min", "sparse": "min",
              "limit": "min", "win32": "min", "wine": "median", "gc": "min",
-             "reserve": "min", "regions": "min"}
+             "reserve": "min", "regions": "min", "snapshots": "median",
+             "deltalog": "median"}
 
 # A figure whose passes differ by more than PASS_SPREAD (best to worst), or
 # whose median is more than REPEAT_SPREAD times its fastest repeat, is
@@ -47,7 +52,8 @@ REPEAT_SPREAD = 2.0
 class Plan:
     def __init__(self, name, frame_sizes, fractions, frame_full_max, clean_sizes,
                  limit_sizes, sparse_sizes, fault_pages, budget, min_reps, batch, passes,
-                 wine, gc, reservation, regions, pattern_budget, pattern_min_reps):
+                 wine, gc, reservation, regions, pattern_budget, pattern_min_reps,
+                 snapshots):
         self.name = name
         self.frame_sizes = frame_sizes
         self.fractions = fractions
@@ -71,6 +77,11 @@ class Plan:
         self.regions = regions
         self.pattern_budget = pattern_budget
         self.pattern_min_reps = pattern_min_reps
+        # Issue 12's Snapshots and DeltaLog workload: a region of `size`,
+        # `fraction` of its pages written per frame, Snapshots(keep=keep);
+        # the seconds each of its measurements may take (at least min_reps
+        # repeats), per backend and pass.
+        self.snapshots = snapshots
 
     def frames(self):
         for size in self.frame_sizes:
@@ -86,6 +97,11 @@ FRACTIONS = (0.001, 0.01, 0.1, 1.0)
 # writes, WRITE_WATCH_FLAG_RESET.
 WINE = dict(threads=8, pages=8192, delay=0.003)
 
+# Issue 12: a 170 MiB region (the game state of Brawlback's incremental
+# rollback), 1 % of its pages written per frame, 8 snapshots kept; a
+# restore goes 7 frames back.
+SNAPSHOTS = dict(size=170 * MiB, fraction=0.01, keep=8)
+
 PLANS = {
     "tiny": Plan("tiny", [1 * MiB, 4 * MiB], (0.01, 1.0), 4 * MiB,
                  [1 * MiB, 4 * MiB], [64 * KiB, 16 * MiB], [1 * MiB], 64,
@@ -94,7 +110,8 @@ PLANS = {
                  gc=dict(size=16 * MiB, fraction=0.01, batch=256),
                  reservation=dict(size=1 * GiB, committed=16 * MiB, fraction=0.01),
                  regions=dict(count=200, size=64 * KiB), pattern_budget=0.02,
-                 pattern_min_reps=2),
+                 pattern_min_reps=2,
+                 snapshots=dict(SNAPSHOTS, size=4 * MiB, budget=0.01, min_reps=2)),
     "quick": Plan("quick", [1 * MiB, 16 * MiB, 256 * MiB], FRACTIONS, 16 * MiB,
                   [1 * MiB, 64 * MiB, 1 * GiB, 4 * GiB], [64 * KiB, 4 * GiB],
                   [16 * MiB], 2048, budget=0.06, min_reps=3, batch=200, passes=2,
@@ -102,7 +119,7 @@ PLANS = {
                   gc=dict(size=1 * GiB, fraction=0.01, batch=256),
                   reservation=dict(size=256 * GiB, committed=1 * GiB, fraction=0.01),
                   regions=dict(count=10000, size=64 * KiB), pattern_budget=0.3,
-                  pattern_min_reps=2),
+                  pattern_min_reps=2, snapshots=dict(SNAPSHOTS, budget=0.25, min_reps=3)),
     "full": Plan("full", [1 * MiB, 16 * MiB, 256 * MiB, 1 * GiB], FRACTIONS, 1 * GiB,
                  [1 * MiB, 16 * MiB, 256 * MiB, 1 * GiB, 4 * GiB],
                  [64 * KiB, 16 * MiB, 1 * GiB, 4 * GiB], [64 * MiB, 256 * MiB],
@@ -111,7 +128,7 @@ PLANS = {
                  gc=dict(size=1 * GiB, fraction=0.01, batch=256),
                  reservation=dict(size=256 * GiB, committed=1 * GiB, fraction=0.01),
                  regions=dict(count=10000, size=64 * KiB), pattern_budget=2.0,
-                 pattern_min_reps=3),
+                 pattern_min_reps=3, snapshots=dict(SNAPSHOTS, budget=2.0, min_reps=5)),
 }
 
 
@@ -193,13 +210,14 @@ def machine_info():
 
 class Job:
     """kind: its workload's name; label: what progress and errors call it;
-    floor: ww-floor workload specs (none: no floor for this job);
+    floor: ww-floor workload specs (none: no floor for this job), floor_args
+    the options it needs before them;
     make(backend, plan) -> an object with close(); measure(object, plan) ->
     [(workload, unit, times, params), ...]; after_close(object) -> the same,
     for what only closing measures; passes: None for the plan's."""
 
     def __init__(self, kind, label, floor, make, measure, after_close=None, passes=None,
-                 floor_budget=None, floor_min_reps=None):
+                 floor_budget=None, floor_min_reps=None, floor_args=()):
         self.kind = kind              # the workload it records, for errors and skips
         self.label = label
         self.floor = floor
@@ -209,6 +227,7 @@ class Job:
         self.passes = passes
         self.floor_budget = floor_budget
         self.floor_min_reps = floor_min_reps
+        self.floor_args = list(floor_args)
 
 
 def _over(obj, params):
@@ -332,8 +351,30 @@ def _regions_closed(obj, plan):
                   variant="close"))]
 
 
-def jobs(plan, with_win32=True):
-    """The Jobs of a plan, in the order they run."""
+def _snapshots_measure(obj, plan):
+    s = plan.snapshots
+    params = dict(size=s["size"], written=obj.k, keep=obj.keep)
+    copy = obj.measure_copy(s["budget"], s["min_reps"])
+    save = obj.measure_save(s["budget"], s["min_reps"])
+    restore = obj.measure_restore(s["budget"], s["min_reps"])
+    return [("snapshots", "call", copy, dict(params, op="copy")),
+            ("snapshots", "call", save, dict(params, op="save")),
+            ("snapshots", "call", restore, dict(
+                params, op="restore", back=obj.keep - 1,
+                restored=round(float(np.mean(obj.restored)), 1)))]
+
+
+def _deltalog_measure(obj, plan):
+    s = plan.snapshots
+    return [("deltalog", "call", obj.measure(s["budget"], s["min_reps"]),
+             dict(size=s["size"], written=obj.k, op="append"))]
+
+
+def jobs(plan, with_win32=True, backends=None, workdir=None):
+    """The Jobs of a plan, in the order they run.  backends: the names the
+    C floor's per-technique workloads are run for (default: all);
+    workdir: where DeltaLog's workload and its floor make their files
+    (default: no DeltaLog job)."""
     out = []
     by_size = {}
     for size, frac in plan.frames():
@@ -397,6 +438,24 @@ def jobs(plan, with_win32=True):
                    lambda n, p: ManyRegions(n, p.regions["count"], p.regions["size"]),
                    _regions_measure, after_close=_regions_closed,
                    floor_budget=pb, floor_min_reps=reps))
+    # Issue 12: Snapshots, on the floor of each backend's technique.
+    s = plan.snapshots
+    k = written_pages(s["size"], s["fraction"])
+    techs = [FLOOR_TECH[n] for n in (FLOOR_TECH if backends is None else backends)
+             if n in FLOOR_TECH]
+    out.append(Job("snapshots", "Snapshots %s" % fmt_size(s["size"]),
+                   ["copy:%d" % s["size"]] +
+                   ["snap:%s:%d:%d:%d" % (t, s["size"], k, s["keep"]) for t in techs],
+                   lambda n, p, k=k: SnapshotFrames(n, p.snapshots["size"], k,
+                                                    p.snapshots["keep"]),
+                   _snapshots_measure, floor_budget=s["budget"],
+                   floor_min_reps=s["min_reps"]))
+    if workdir is not None:
+        out.append(Job("deltalog", "DeltaLog %s" % fmt_size(s["size"]),
+                       ["append:%d:%d" % (s["size"], k)],
+                       lambda n, p, k=k: LogAppend(n, p.snapshots["size"], k, workdir),
+                       _deltalog_measure, floor_budget=s["budget"],
+                       floor_min_reps=s["min_reps"], floor_args=["--dir", workdir]))
     return out
 
 
@@ -418,7 +477,16 @@ def collect(plan, backends=None, progress=None, with_floor=True):
         infos = [b for b in infos if b.name in backends]
     names = [b.name for b in infos if b.available]
     win32_missing = win32_unavailable()
-    todo = jobs(plan, with_win32=not win32_missing)
+    # DeltaLog's files, the library's and the floor's, on one filesystem.
+    workdir = tempfile.mkdtemp(prefix="writewatch-bench-")
+    try:
+        return _collect(plan, infos, names, win32_missing, workdir, progress, with_floor)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _collect(plan, infos, names, win32_missing, workdir, progress, with_floor):
+    todo = jobs(plan, with_win32=not win32_missing, backends=names, workdir=workdir)
     floor_missing = None if with_floor and _floor.floor_path() else (
         "not run (--no-floor)" if not with_floor else _floor.floor_missing())
     steps = sum((job.passes or plan.passes) * (len(names) + (1 if job.floor and not
@@ -445,8 +513,10 @@ def collect(plan, backends=None, progress=None, with_floor=True):
         skipped.append({"workload": "%d regions: get_write_watch_many" % plan.regions["count"],
                         "skip": many_unavailable(), "job": "regions-many", "backend": None})
     results = _best_of_passes(run.results + [r for r in run.floor if "median_ns" in r])
+    fstype, device = filesystem_of(workdir)
+    logs = dict(dir=workdir, fstype=fstype, device=device)
     return _document(plan, infos, win32_missing, floor_missing, results, skipped,
-                     _unique(run.errors))
+                     _unique(run.errors), logs)
 
 
 class _Run:
@@ -471,7 +541,7 @@ class _Run:
             self.progress.step("%s: C floor" % job.label)
             got, err = _floor.run_floor(
                 job.floor, job.floor_budget or plan.budget,
-                job.floor_min_reps or plan.min_reps)
+                job.floor_min_reps or plan.min_reps, args=job.floor_args)
             if err:
                 self.errors.append({"workload": "C floor " + job.label, "error": err,
                                     "job": job.kind, "backend": "floor"})
@@ -510,7 +580,8 @@ class _Run:
             self.add(name, measured)
 
 
-def _document(plan, infos, win32_missing, floor_missing, results, skipped, errors):
+def _document(plan, infos, win32_missing, floor_missing, results, skipped, errors,
+              logs=None):
     from writewatch._bench.report import evaluate_targets
     doc = {
         "mode": plan.name,
@@ -524,7 +595,8 @@ def _document(plan, infos, win32_missing, floor_missing, results, skipped, error
                            win32="min of batch means"),
         "passes": plan.passes,
         "patterns": dict(wine=plan.wine, gc=plan.gc, reservation=plan.reservation,
-                         regions=plan.regions),
+                         regions=plan.regions, snapshots=plan.snapshots),
+        "log_dir": logs,
         "spread_limits": dict(passes=PASS_SPREAD, repeats=REPEAT_SPREAD),
         "results": results,
         "skipped": skipped,
@@ -535,7 +607,7 @@ def _document(plan, infos, win32_missing, floor_missing, results, skipped, error
 
 
 _KEY_FIELDS = ("workload", "backend", "size", "fraction", "written", "tech", "pages",
-               "max_count", "metric", "step", "variant", "count", "threads")
+               "max_count", "metric", "step", "variant", "count", "threads", "op")
 
 
 def _best_of_passes(records):

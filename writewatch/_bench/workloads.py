@@ -12,8 +12,10 @@ is timed, and the check of its answer against what was written.  Shared by
 - sparse: get-and-reset with every other page written (many runs);
 - win32: ``GetWriteWatch`` on a 16-page allocation;
 
-and the scale patterns of issue 10: Wine's write-watch microbenchmark, the
-.NET GC's pattern, a large reservation, many regions.
+the scale patterns of issue 10: Wine's write-watch microbenchmark, the
+.NET GC's pattern, a large reservation, many regions; and issue 12's
+Snapshots (save, restore, against a copy of the whole region) and
+DeltaLog.append().
 """
 
 import ctypes
@@ -831,6 +833,250 @@ def many_unavailable():
         return None
     return ("writewatch.get_write_watch_many is not in this version of writewatch "
             "(writewatch %s)" % writewatch.__version__)
+
+
+# ---------------------------------------------------------------------------
+# Snapshots and DeltaLog (issue 12).  Their twins in the C floor (snap:,
+# copy: and append: in kernel/floor/floor.c) do the same steps on the kernel
+# directly and write the same bytes (write_offsets).
+
+def _populate(mem):
+    """Every page written once (1 at write_offsets()), then reset: all
+    pages present, nothing written.  Returns the tracked byte of every page."""
+    mem.u8[write_offsets(np.arange(mem.npages))] = 1
+    mem.region.reset_write_watch()
+    return np.ones(mem.npages, dtype=np.uint8)
+
+
+class SnapshotFrames:
+    """writewatch.Snapshots on issue 12's workload: a `size` region, every
+    page written once before the Snapshots is made (which copies them, once,
+    not timed), then `k` distinct random pages written per frame (not timed:
+    one byte each at write_offsets(), a value that changes every frame).
+
+    Timed: save() in the ring's steady state (after keep + 1 saves, so that
+    each save folds the oldest snapshot into the base); restore() of the
+    oldest snapshot kept -- keep - 1 frames back -- with `k` pages written
+    since the last save (then keep - 1 saves, not timed, fill the ring
+    again); and np.copyto of the whole region into an array faulted in
+    before, what save() is compared with.
+
+    Every answer is checked: a save copied exactly the pages written since
+    the save or restore before it (Snapshots._pages); after a restore every
+    page holds the byte it held when the snapshot restored was saved."""
+
+    def __init__(self, backend, size, k, keep=8, seed=0x5a4e):
+        self.mem = Memory(size, backend)
+        self.k, self.keep = k, keep
+        self.rng = np.random.default_rng(seed)
+        self.offsets = write_offsets(np.arange(self.mem.npages))
+        self.cur = _populate(self.mem)
+        self.value = 1
+        self.written = np.empty(0, dtype=np.intp)   # since the last save or restore
+        self.states = {}                            # sid -> self.cur at its save
+        self.target = None
+        self.restored = []                          # pages each restore rewrote
+        self.snaps = writewatch.Snapshots(self.mem.region, keep=keep)
+
+    def write(self):
+        """A frame's writes (not timed)."""
+        pages = np.sort(self.rng.choice(self.mem.npages, self.k, replace=False))
+        self.value = self.value + 1 if self.value < 255 else 2
+        self.mem.u8[self.offsets[pages]] = self.value
+        self.cur[pages] = self.value
+        self.written = np.union1d(self.written, pages)
+
+    def save(self):
+        return self.snaps.save()
+
+    def check_save(self, sid):
+        got = np.asarray(self.snaps._pages(sid), dtype=np.intp)
+        if not np.array_equal(got, self.written):
+            raise BenchError("%s: save() copied %d pages, %d were written%s"
+                             % (self.mem.region.backend, len(got), len(self.written),
+                                "" if len(got) != len(self.written) else " (not the same)"))
+        self.states[sid] = self.cur.copy()
+        first = sid - len(self.snaps.ids) + 1
+        for old in [i for i in self.states if i < first]:
+            del self.states[old]
+        self.written = self.written[:0]
+
+    def frame(self):
+        """A frame, not timed: writes, save, check."""
+        self.write()
+        self.check_save(self.save())
+
+    def prepare_restore(self):
+        """Before a restore (not timed): the ring full, k pages written.
+        Returns how many pages the restore must rewrite."""
+        while len(self.snaps.ids) < self.keep:
+            self.frame()
+        self.write()
+        ids = self.snaps.ids
+        self.target = ids[0]
+        changed = [self.written] + [np.asarray(self.snaps._pages(i), dtype=np.intp)
+                                    for i in ids[1:]]
+        n = len(np.unique(np.concatenate(changed)))
+        self.restored.append(n)
+        return n
+
+    def restore(self):
+        return self.snaps.restore(self.target)
+
+    def check_restore(self, got=None):
+        """After restore() (`got`: its result, None; as the floor's)."""
+        want = self.states[self.target]
+        got = self.mem.u8[self.offsets]
+        if not np.array_equal(got, want):
+            p = int(np.flatnonzero(got != want)[0])
+            raise BenchError("%s: after restore(%d) page %d holds %d, %d when it was saved"
+                             % (self.mem.region.backend, self.target, p, got[p], want[p]))
+        self.cur[:] = want
+        self.written = self.written[:0]
+        for later in [i for i in self.states if i > self.target]:
+            del self.states[later]
+
+    def measure_save(self, budget, min_reps):
+        for _ in range(self.keep + 1):
+            self.frame()
+
+        def step():
+            self.write()
+            t0 = time.perf_counter_ns()
+            sid = self.save()
+            t1 = time.perf_counter_ns()
+            self.check_save(sid)
+            return t1 - t0
+        return _repeat(step, budget, min_reps)
+
+    def measure_restore(self, budget, min_reps):
+        self.restored = []
+
+        def step():
+            self.prepare_restore()
+            t0 = time.perf_counter_ns()
+            self.restore()
+            t1 = time.perf_counter_ns()
+            self.check_restore()
+            return t1 - t0
+        times = _repeat(step, budget, min_reps)
+        while len(self.snaps.ids) < self.keep:       # the ring full again
+            self.frame()
+        return times
+
+    def measure_copy(self, budget, min_reps):
+        src = self.mem.u8
+        dst = np.empty_like(src)
+        np.copyto(dst, src)                          # faulted in, not timed
+
+        def step():
+            t0 = time.perf_counter_ns()
+            np.copyto(dst, src)
+            return time.perf_counter_ns() - t0
+        times = _repeat(step, budget, min_reps)
+        if not np.array_equal(dst[self.offsets], self.cur):
+            raise BenchError("np.copyto: the copy differs from the region")
+        return times
+
+    def close(self):
+        self.snaps.close()
+        self.mem.close()
+
+
+class LogAppend:
+    """writewatch.DeltaLog.append() on issue 12's workload: a `size` region,
+    every page written once, logged to a file in `directory` (the C floor
+    writes its file there too: the same filesystem).  The first append --
+    every non-zero page, here the whole region -- is made when the workload
+    is set up, not timed.  Timed: append() (with its fdatasync) after `k`
+    random pages were written.  Checked: each record holds exactly the pages
+    written (its page indexes, read back from the file) and makes the file
+    grow by a record's size.  The file stays in `directory` for its owner to
+    remove after the measuring: freeing its blocks (a discard, on a
+    filesystem mounted with `discard`) must not land in the next
+    measurement."""
+
+    def __init__(self, backend, size, k, directory, seed=0xa99e):
+        from writewatch._deltalog import RECORD_SIZE
+        self.head = RECORD_SIZE
+        self.mem = Memory(size, backend)
+        self.k = k
+        self.rng = np.random.default_rng(seed)
+        self.offsets = write_offsets(np.arange(self.mem.npages))
+        self.value = 1
+        self.pages = None
+        self.log = self.rfd = None
+        _populate(self.mem)
+        self.path = os.path.join(directory, "bench-%s-%d.wwlog" % (backend, os.getpid()))
+        try:
+            self.log = writewatch.DeltaLog(self.path, self.mem.region)
+            self.log.append()                        # the whole region, not timed
+            self.rfd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            self.end = os.fstat(self.rfd).st_size
+        except BaseException:
+            self.close()
+            raise
+
+    def write(self):
+        """A frame's writes (not timed)."""
+        self.pages = np.sort(self.rng.choice(self.mem.npages, self.k, replace=False))
+        self.value = self.value + 1 if self.value < 255 else 2
+        self.mem.u8[self.offsets[self.pages]] = self.value
+
+    def append(self):
+        return self.log.append()
+
+    def check(self, number):
+        size = os.fstat(self.rfd).st_size
+        want = self.head + self.k * (8 + PAGE)
+        if size - self.end != want:
+            raise BenchError("%s: record %d took %d bytes of the log, %d pages take %d"
+                             % (self.mem.region.backend, number, size - self.end, self.k, want))
+        idx = np.frombuffer(os.pread(self.rfd, 8 * self.k, self.end + self.head), dtype="<u8")
+        if not np.array_equal(idx, self.pages):
+            raise BenchError("%s: record %d holds other pages than the %d written"
+                             % (self.mem.region.backend, number, self.k))
+        self.end = size
+
+    def measure(self, budget, min_reps):
+        def step():
+            self.write()
+            t0 = time.perf_counter_ns()
+            number = self.append()
+            t1 = time.perf_counter_ns()
+            self.check(number)
+            return t1 - t0
+        return _repeat(step, budget, min_reps)
+
+    def close(self):
+        if self.log is not None:
+            self.log.close()
+        if self.rfd is not None:
+            os.close(self.rfd)
+            self.rfd = None
+        self.mem.close()
+
+
+def filesystem_of(path):
+    """(filesystem type, device) of the mount holding `path`, from
+    /proc/self/mountinfo; (None, None) if it cannot be told."""
+    path = os.path.realpath(path)
+    best, found = -1, (None, None)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or len(tail) < 2:
+            continue
+        mount = fields[4].replace("\\040", " ")
+        inside = path == mount or path.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) > best:
+            best, found = len(mount), (tail[0], tail[1])
+    return found
 
 
 if __name__ == "__main__":
