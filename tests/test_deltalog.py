@@ -15,12 +15,12 @@ import subprocess
 import sys
 import threading
 import time
-import zlib
 
 import numpy as np
 import pytest
 
 import writewatch
+from writewatch._core import _crc32c
 from helpers import PAGE, run_python, write_pages, written
 
 CorruptLogError = writewatch.CorruptLogError
@@ -52,19 +52,19 @@ def decode(path):
     version, hsize, page, size = struct.unpack_from("<IIQQ", data, 8)
     assert (version, hsize) == (1, 64)
     assert data[32:60] == bytes(28)
-    assert struct.unpack_from("<I", data, 60)[0] == zlib.crc32(data[:60])
+    assert struct.unpack_from("<I", data, 60)[0] == _crc32c(data[:60])
     out = []
     o = 64
     while o + 48 <= len(data):
         magic, flags, number, n, body_size, body_crc = struct.unpack_from("<4sIQQQI", data, o)
         assert magic == b"WWRC"
         assert data[o + 36:o + 44] == bytes(8)
-        assert struct.unpack_from("<I", data, o + 44)[0] == zlib.crc32(data[o:o + 44])
+        assert struct.unpack_from("<I", data, o + 44)[0] == _crc32c(data[o:o + 44])
         assert body_size == n * (8 + page)
         body = data[o + 48:o + 48 + body_size]
         if len(body) < body_size:
             break
-        assert zlib.crc32(body) == body_crc
+        assert _crc32c(body) == body_crc
         idx = struct.unpack_from("<%dQ" % n, body)
         assert list(idx) == sorted(set(idx))
         pages = {p: body[8 * n + i * page:8 * n + (i + 1) * page] for i, p in enumerate(idx)}
@@ -233,7 +233,7 @@ def test_a_file_that_is_not_a_log_is_refused(make_region, tmp_path):
 def test_a_newer_format_version_is_refused_by_name(make_region, logpath):
     head = struct.pack("<8sIIQQ28x", b"\x89WWDLOG\n", 2, 64, PAGE, 4 * PAGE)
     with open(logpath, "wb") as f:
-        f.write(head + struct.pack("<I", zlib.crc32(head)))
+        f.write(head + struct.pack("<I", _crc32c(head)))
     with pytest.raises(ValueError, match="version 2"):
         writewatch.DeltaLog(logpath, make_region(4))
     with pytest.raises(ValueError, match="version 2"):
@@ -603,3 +603,19 @@ def test_sigkill_during_appends_leaves_a_log_of_complete_records(backend, tmp_pa
                 assert bytes(out) == state_after(n)
     finally:
         r.close()
+
+
+def test_the_record_checksum_is_crc32c():
+    """CRC-32C, with the hardware instruction and without: the check value,
+    continuation, and agreement on odd lengths and alignments."""
+    import random
+    assert _crc32c(b"123456789") == 0xE3069283
+    assert _crc32c(b"123456789", software=True) == 0xE3069283
+    assert _crc32c(b"") == 0 and _crc32c(b"", 0x1234) == 0x1234
+    assert _crc32c(b"6789", _crc32c(b"12345")) == 0xE3069283
+    rng = random.Random(7)
+    data = bytes(rng.randrange(256) for _ in range(5000))
+    for start in range(9):
+        for n in (0, 1, 7, 8, 9, 63, 4096, 4991 - start):
+            piece = memoryview(data)[start:start + n]
+            assert _crc32c(piece) == _crc32c(piece, software=True), (start, n)

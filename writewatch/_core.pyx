@@ -18,6 +18,7 @@ from libc.string cimport memcpy, memset
 from writewatch.includes.system cimport *
 from writewatch.includes.uffd cimport *
 from writewatch.includes.softdirty cimport *
+from writewatch.includes.crc32c cimport *
 from writewatch._errors import (BackendUnavailable, ForkedRegionError,
                                 WriteWatchError, syscall_error)
 from writewatch._types import BackendInfo

@@ -10,7 +10,7 @@ other languages)::
      16  page size         u64      bytes per page of the records
      24  region size       u64      bytes; a multiple of the page size
      32  reserved          28 bytes zero
-     60  header crc32      u32      zlib.crc32 of bytes 0-59
+     60  header crc        u32      CRC-32C of bytes 0-59
 
     records, back to back from offset 64
       0  magic             4 bytes  b"WWRC"
@@ -20,9 +20,9 @@ other languages)::
       8  number            u64      0, 1, 2, ... in file order
      16  page count n      u64
      24  body size         u64      8 n + n * page size
-     32  body crc32        u32      zlib.crc32 of the body
+     32  body crc          u32      CRC-32C of the body
      36  reserved          8 bytes  zero
-     44  header crc32      u32      zlib.crc32 of bytes 0-43 of the record
+     44  header crc        u32      CRC-32C of bytes 0-43 of the record
      48  body: n page indexes (u64, strictly ascending, below region size /
          page size), then the n pages' bytes in the same order
 
@@ -50,7 +50,6 @@ import os
 import struct
 import tempfile
 import threading
-import zlib
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -60,17 +59,18 @@ if TYPE_CHECKING:
 
     from typing_extensions import Buffer
 
-from writewatch._core import Region, _gather_pages, _nonzero_pages, _put_pages, _Tracker
+from writewatch._core import (Region, _crc32c, _gather_pages, _nonzero_pages, _put_pages,
+                              _Tracker)
 from writewatch._errors import CorruptLogError
 
 __all__ = ["DeltaLog"]
 
 MAGIC = b"\x89WWDLOG\n"
 VERSION = 1
-HEADER = struct.Struct("<8sIIQQ28x")          # + crc32 u32 = 64 bytes
+HEADER = struct.Struct("<8sIIQQ28x")          # + CRC-32C u32 = 64 bytes
 HEADER_SIZE = HEADER.size + 4
 RECORD_MAGIC = b"WWRC"
-RECORD = struct.Struct("<4sIQQQI8x")          # + crc32 u32 = 48 bytes
+RECORD = struct.Struct("<4sIQQQI8x")          # + CRC-32C u32 = 48 bytes
 RECORD_SIZE = RECORD.size + 4
 FULL = 1
 _CHUNK_PAGES = 1024                            # pages read per step of a replay
@@ -116,7 +116,7 @@ class _LogReader:
         if len(head) < HEADER_SIZE or head[:8] != MAGIC:
             raise CorruptLogError(self.path, 0, "not a writewatch delta log "
                                   "(no complete header with its magic)")
-        if zlib.crc32(head[:HEADER.size]) != _u32(head[HEADER.size:]):
+        if _crc32c(head[:HEADER.size]) != _u32(head[HEADER.size:]):
             raise CorruptLogError(self.path, 0, "file header checksum mismatch")
         _, version, hsize, page, size = HEADER.unpack(head[:HEADER.size])
         if version != VERSION:
@@ -141,7 +141,7 @@ class _LogReader:
             if self.file_size - o < RECORD_SIZE:
                 return records, o, True
             head = self._pread(RECORD_SIZE, o)
-            if head[:4] != RECORD_MAGIC or zlib.crc32(head[:RECORD.size]) != _u32(head[RECORD.size:]):
+            if head[:4] != RECORD_MAGIC or _crc32c(head[:RECORD.size]) != _u32(head[RECORD.size:]):
                 if self._zero_tail(o):
                     return records, o, True
                 raise CorruptLogError(self.path, o, "record header checksum mismatch")
@@ -183,7 +183,7 @@ class _LogReader:
         raw = self._pread(8 * rec.n, start)
         if len(raw) != 8 * rec.n:
             raise CorruptLogError(self.path, rec.offset, "record body shorter than its header says")
-        crc = zlib.crc32(raw)
+        crc = _crc32c(raw)
         idx = np.frombuffer(raw, dtype="<u8")
         bad = not self._ascending(idx)
         pos = start + 8 * rec.n
@@ -198,7 +198,7 @@ class _LogReader:
                     raise CorruptLogError(self.path, rec.offset,
                                           "record body shorter than its header says")
                 got += more
-            crc = zlib.crc32(view, crc)
+            crc = _crc32c(view, crc)
             if apply is not None and not bad:
                 apply(idx[first:first + k], buf[:k * self.page].reshape(k, self.page))
             pos += k * self.page
@@ -214,7 +214,7 @@ class _LogReader:
         if len(data) != rec.body_size:
             raise CorruptLogError(self.path, rec.offset, "record body shorter than its header says")
         idx = np.frombuffer(data, dtype="<u8", count=rec.n)
-        self._check_body(rec, zlib.crc32(data), not self._ascending(idx))
+        self._check_body(rec, _crc32c(data), not self._ascending(idx))
         pages = np.frombuffer(data, dtype=np.uint8, offset=8 * rec.n).reshape(rec.n, self.page)
         return idx, pages
 
@@ -341,7 +341,7 @@ class DeltaLog:
     @staticmethod
     def _header(page, size):
         head = HEADER.pack(MAGIC, VERSION, HEADER_SIZE, page, size)
-        return head + struct.pack("<I", zlib.crc32(head))
+        return head + struct.pack("<I", _crc32c(head))
 
     # -- properties ----------------------------------------------------------
 
@@ -402,11 +402,13 @@ class DeltaLog:
                 shift = page.bit_length() - 1
                 idx = ((addrs - np.uint64(region.address)) >> np.uint64(shift)).astype("<u8")
                 buf[RECORD_SIZE:RECORD_SIZE + 8 * n] = idx.view(np.uint8)
-                _gather_pages(region, addrs, mv[RECORD_SIZE + 8 * n:total])
-                crc = zlib.crc32(mv[RECORD_SIZE:total])
+                # The pages are copied and checksummed in one pass: the CRC
+                # is of the bytes written to the file.
+                crc = _gather_pages(region, addrs, mv[RECORD_SIZE + 8 * n:total],
+                                    _crc32c(mv[RECORD_SIZE:RECORD_SIZE + 8 * n]))
                 head = RECORD.pack(RECORD_MAGIC, flags, self._next, n, body, crc)
                 buf[:RECORD_SIZE] = np.frombuffer(
-                    head + struct.pack("<I", zlib.crc32(head)), dtype=np.uint8)
+                    head + struct.pack("<I", _crc32c(head)), dtype=np.uint8)
                 self._write_all(mv[:total], self._end)
                 if sync:
                     os.fdatasync(self._fd)

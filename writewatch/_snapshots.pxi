@@ -196,16 +196,22 @@ def _nonzero_pages(Region region):
     return np.concatenate(chunks)
 
 
-def _gather_pages(Region region, addrs, out):
+def _gather_pages(Region region, addrs, out, crc=None):
     """Copy the region's pages at `addrs` (page addresses, uint64) one after
-    another into `out` (a writable buffer of at least len(addrs) pages)."""
+    another into `out` (a writable buffer of at least len(addrs) pages).
+    With `crc` (an int), also run CRC-32C over the bytes copied, continuing
+    `crc`, in the same pass, and return it: the checksum is of what `out`
+    holds, even if a page changes while it is copied."""
     cdef np.ndarray a = np.ascontiguousarray(addrs, dtype=np.uint64)
     cdef const uint64_t *p = <const uint64_t *>np.PyArray_DATA(a)
     cdef size_t n = <size_t>np.PyArray_SIZE(a), i
     cdef size_t page = region._page
     cdef uintptr_t lo, hi
-    cdef const unsigned char[::1] check
     cdef unsigned char[::1] dst = out
+    cdef bint with_crc = crc is not None
+    cdef uint32_t c = 0
+    if with_crc:
+        c = <uint32_t>crc
     if <size_t>dst.shape[0] < n * page:
         raise ValueError("out holds %d bytes, %d pages need %d" % (dst.shape[0], n, n * page))
     region._enter()
@@ -216,10 +222,28 @@ def _gather_pages(Region region, addrs, out):
             if p[i] < lo or p[i] >= hi or p[i] & (page - 1):
                 raise ValueError("%#x is not a page address of the region" % p[i])
         with nogil:
-            for i in range(n):
-                memcpy(&dst[i * page], <const void *>p[i], page)
+            if with_crc:
+                for i in range(n):
+                    c = ww_crc32c_copy(c, &dst[i * page], <const void *>p[i], page)
+            else:
+                for i in range(n):
+                    memcpy(&dst[i * page], <const void *>p[i], page)
     finally:
         region._leave()
+    return c if with_crc else None
+
+
+def _crc32c(data, crc=0, *, software=False):
+    """CRC-32C (Castagnoli) of `data` (any contiguous buffer), continuing
+    `crc` as zlib.crc32 does; software=True forces the table path (tests)."""
+    cdef const unsigned char[::1] buf = memoryview(data).cast("B")
+    cdef uint32_t c = <uint32_t>crc
+    cdef int sw = software
+    cdef size_t n = <size_t>buf.shape[0]
+    if n:
+        with nogil:
+            c = ww_crc32c_ex(c, &buf[0], n, sw)
+    return c
 
 
 def _put_pages(Region region, idx, data, size_t page):
