@@ -1,7 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, embedsignature=True
 """writewatch's extension module: the Region type, the backend interface and
 the backends themselves.  The parts live in .pxi files pulled in below
-(uvloop's layout); every C declaration is in includes/system.pxd."""
+(uvloop's layout); the C they call is declared in includes/*.pxd, one .pxd
+per C header, all cimported here."""
 
 cimport cython
 import operator
@@ -15,7 +16,10 @@ from libc.stdint cimport uint8_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc, calloc, realloc
 from libc.string cimport memcpy, memset
 
-from writewatch.includes.system cimport *
+from writewatch.includes.compat cimport *          # compat.h: platform fallbacks
+from writewatch.includes.writewatch_abi cimport *  # kernel/writewatch_abi.h
+from writewatch.includes.ww_common cimport *       # ww_common.h: shared by the backends
+from writewatch.includes.system cimport *          # the C library
 from writewatch.includes.uffd cimport *
 from writewatch.includes.softdirty cimport *
 from writewatch._errors import (BackendUnavailable, ForkedRegionError,

@@ -37,7 +37,7 @@
 #ifndef WRITEWATCH_MPROTECT_HANDLER_H
 #define WRITEWATCH_MPROTECT_HANDLER_H
 
-#include "compat.h"
+#include "ww_common.h"
 
 #include <sched.h>
 #include <signal.h>
@@ -45,13 +45,6 @@
 #include <sys/prctl.h>
 #include <time.h>
 #include <ucontext.h>
-
-#ifndef PR_SET_VMA
-#define PR_SET_VMA 0x53564d41
-#endif
-#ifndef PR_SET_VMA_ANON_NAME
-#define PR_SET_VMA_ANON_NAME 0
-#endif
 
 #define WW_MP_W          1u
 /* The protection bits are stored XOR the region's `flip` (its protection

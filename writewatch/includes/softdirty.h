@@ -42,13 +42,13 @@
  *    process, so the next write to *any* page of the process takes a minor
  *    fault; a reset costs in proportion to the process, not the region.
  *  - fork(): clear_refs and pagemap are opened per call / per process
- *    (compat.h), so a child never touches its parent's bits; the child
+ *    (ww_common.h), so a child never touches its parent's bits; the child
  *    starts with no live regions and a fresh mutex.
  */
 #ifndef WRITEWATCH_SOFTDIRTY_H
 #define WRITEWATCH_SOFTDIRTY_H
 
-#include "compat.h"
+#include "ww_common.h"
 
 #include <stdlib.h>
 

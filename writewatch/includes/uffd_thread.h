@@ -96,7 +96,7 @@
 #ifndef WRITEWATCH_UFFD_THREAD_H
 #define WRITEWATCH_UFFD_THREAD_H
 
-#include "compat.h"
+#include "ww_common.h"
 
 #include <signal.h>
 #include <stdlib.h>
