@@ -1,7 +1,8 @@
 /*
  * ww_common.h - the plain C that more than one backend uses: the fork
  * generation, the process's /proc/self/pagemap descriptor and asynchronous
- * userfaultfd, the system-call wrappers, and ww_touch_page().
+ * userfaultfd, the system-call wrappers, ww_touch_page(), and the per-page
+ * bitmaps of the uffd and softdirty backends.
  *
  * What it keeps: every per-process resource here belongs to the process
  * (and fork generation) that uses it.  A descriptor inherited over fork()
@@ -24,6 +25,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -58,6 +60,64 @@ static inline int ww_userfaultfd(int flags)
 static inline void ww_touch_page(uintptr_t addr)
 {
     __atomic_fetch_or((volatile uint8_t *)addr, (uint8_t)0, __ATOMIC_RELAXED);
+}
+
+/* ---- per-page bitmaps ---------------------------------------------------
+ * One bit per page of a region, 64 to a word.  Every access is an atomic
+ * (sequentially consistent) one, so that a bitmap may be read without its
+ * owner's lock -- the uffd backend's get_write_watch() without reset reads
+ * bits while its handler thread sets them -- and no set can be lost to a
+ * concurrent clear of another bit of the same word.  Under a lock (the
+ * softdirty backend) they cost little next to the system calls around them. */
+
+/* A bitmap of nbits zero bits (at least one word), or NULL.  calloc'd: for
+ * a large region an mmap whose pages cost nothing until a bit is set. */
+static inline uint64_t *ww_bits_new(size_t nbits)
+{
+    size_t words = (nbits + 63) / 64;
+    return (uint64_t *)calloc(words ? words : 1, sizeof(uint64_t));
+}
+
+static inline void ww_bit_set(uint64_t *bits, size_t i)
+{
+    __atomic_fetch_or(&bits[i >> 6], (uint64_t)1 << (i & 63), __ATOMIC_SEQ_CST);
+}
+
+static inline void ww_bit_clear(uint64_t *bits, size_t i)
+{
+    __atomic_fetch_and(&bits[i >> 6], ~((uint64_t)1 << (i & 63)), __ATOMIC_SEQ_CST);
+}
+
+static inline int ww_bit_test(const uint64_t *bits, size_t i)
+{
+    return (int)((__atomic_load_n(&bits[i >> 6], __ATOMIC_SEQ_CST) >> (i & 63)) & 1);
+}
+
+/* Clear bits [first, last), a word at a time. */
+static inline void ww_bits_clear(uint64_t *bits, size_t first, size_t last)
+{
+    while (first < last) {
+        size_t w = first >> 6, lo = first & 63;
+        size_t hi = last - (first - lo) < 64 ? last - (first - lo) : 64;  /* bits lo..hi of word w */
+        uint64_t mask = (hi == 64 ? ~(uint64_t)0 : ((uint64_t)1 << hi) - 1)
+                        & ~(((uint64_t)1 << lo) - 1);
+        __atomic_fetch_and(&bits[w], ~mask, __ATOMIC_SEQ_CST);
+        first = (w + 1) << 6;
+    }
+}
+
+/* The first set bit in [i, end), or end. */
+static inline size_t ww_next_set(const uint64_t *bits, size_t i, size_t end)
+{
+    while (i < end) {
+        uint64_t w = __atomic_load_n(&bits[i >> 6], __ATOMIC_SEQ_CST) >> (i & 63);
+        if (w) {
+            i += (size_t)__builtin_ctzll(w);
+            return i < end ? i : end;
+        }
+        i = (i | 63) + 1;
+    }
+    return end;
 }
 
 /* ---- fork generation ----------------------------------------------------
