@@ -20,8 +20,10 @@ from writewatch.includes.compat cimport *          # compat.h: platform fallback
 from writewatch.includes.writewatch_abi cimport *  # kernel/writewatch_abi.h
 from writewatch.includes.ww_common cimport *       # ww_common.h: shared by the backends
 from writewatch.includes.system cimport *          # the C library
-from writewatch.includes.uffd cimport *
-from writewatch.includes.softdirty cimport *
+from writewatch.includes.uffd_thread cimport *     # the `uffd` backend
+from writewatch.includes.mprotect_handler cimport *  # the `mprotect` backend,
+from writewatch.includes.mprotect_control cimport *  # signal and control sides
+from writewatch.includes.softdirty cimport *       # the `softdirty` backend
 from writewatch._errors import (BackendUnavailable, ForkedRegionError,
                                 WriteWatchError, syscall_error)
 from writewatch._types import BackendInfo
