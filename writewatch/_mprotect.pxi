@@ -4,7 +4,7 @@
 # calls below go to its control side, includes/mprotect_control.h) records
 # the first write to each and gives the permission back.  Works on any
 # Linux; kernel writes into a clean page (read(2) into the region) fail with
-# EFAULT -- see notes/README-mprotect.md.
+# EFAULT -- see docs/backends.md.
 
 
 cdef class _MprotectEngine(Engine):

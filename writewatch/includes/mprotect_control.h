@@ -224,6 +224,37 @@ static void ww_mp_maybe_refresh(void)
         __atomic_store_n(&ww_mp_degraded, 0, __ATOMIC_RELAXED);
 }
 
+/* ---- hints ------------------------------------------------------------------
+ * Every page whose caller protection forbids writing carries MADV_RANDOM,
+ * every other MADV_NORMAL, so that the kernel never merges a run the caller
+ * may write with one it may not (mprotect_handler.h says why the handler
+ * needs that).  A run whose caller protection goes from one kind to the
+ * other changes its hint in three steps:
+ *   1. MADV_SEQUENTIAL -- a hint no other VMA of the region carries -- on
+ *      the run, so that it becomes VMAs of its own.  The only step that may
+ *      need new VMAs, so the only one the kernel can refuse (ENOMEM at
+ *      vm.max_map_count); then the old hint goes back on the run, which
+ *      needs no split (the VMAs changed lie inside the run), and the call
+ *      fails with nothing changed.
+ *   2. the state bytes and mprotect(), on VMAs of its own: no split.
+ *   3. the new hint: no split either; and a run left at step 1's hint is
+ *      still apart from its neighbours, so nothing can go wrong here.
+ * At no point can a run the caller may write share a VMA with one it may
+ * not.  The price: changing a clean read/write page to read-only (or back)
+ * takes a VMA where it took none, so at a full map count such a protection
+ * change fails with ENOMEM -- as it does for untracked memory. */
+
+static inline int ww_mp_advice(unsigned prot)
+{
+    return (prot & PROT_WRITE) ? MADV_NORMAL : MADV_RANDOM;
+}
+
+static inline int ww_mp_advise(const struct ww_mp_region *r, size_t a, size_t b, int advice)
+{
+    return madvise((void *)(r->base + (a << r->shift)), (b - a) << r->shift, advice) == 0
+               ? 0 : -errno;
+}
+
 /* ---- the control calls (not in signal context) ------------------------------ */
 
 static void ww_mp_detach(struct ww_mp_region *r);
@@ -310,8 +341,18 @@ static struct ww_mp_region *ww_mp_arm(uintptr_t base, size_t size, size_t page,
         __atomic_store_n(&ww_mp_hwm, slot + 1, __ATOMIC_RELEASE);
     ww_mp_unlock();
 
-    if (!committed)
-        return r;                   /* PROT_NONE already; commits arm */
+    if (!committed) {
+        /* PROT_NONE already; commits arm.  No access, so MADV_RANDOM (see
+         * "hints"): one VMA, nothing to split. */
+        if (madvise((void *)base, size, MADV_RANDOM) != 0) {
+            *err = -errno;
+            *what = "madvise(MADV_RANDOM)";
+            ww_mp_detach(r);
+            ww_mp_release(r);
+            return NULL;
+        }
+        return r;
+    }
     /* Fault one page in first, so the whole mapping gets its anon_vma now.
      * Otherwise every page first written after a split gets one of its own,
      * and the kernel can never merge the VMAs again once they are re-armed
@@ -417,11 +458,11 @@ static int ww_mp_span_flush(struct ww_mp_region *r, struct ww_mp_span *s)
     /* VMAs: the 2 (runs - 1) boundaries inside go, the edges may change. */
     long d = -2 * (long)(s->runs - 1);
     if (s->a > 0) {
-        unsigned left = ww_mp_kprot(r, ww_mp_load(r, s->a - 1));
-        d += (left != clean) - (left != prot);
+        unsigned left = ww_mp_vkey(r, ww_mp_load(r, s->a - 1));
+        d += (left != clean) - (left != prot);          /* writable: no hint bit */
     }
     if (s->b < r->npages) {
-        unsigned right = ww_mp_kprot(r, ww_mp_load(r, s->b));
+        unsigned right = ww_mp_vkey(r, ww_mp_load(r, s->b));
         d += (right != clean) - (right != prot);
     }
     int rc = ww_mp_over_budget(d) ? -ENOMEM : ww_mp_mprotect(r, s->a, s->b, clean);
@@ -514,7 +555,8 @@ static int ww_mp_reset(struct ww_mp_region *r, uintptr_t start, uintptr_t end,
 
 /* Change the caller-visible protection of [start, end) to prot, keeping W.
  * Done run by run (pages whose bytes agree); a run the kernel refuses gets
- * its old protection back and the call fails with that error. */
+ * its old protection back and the call fails with that error.  A run that
+ * changes between writable and not changes its hint too (see "hints"). */
 static int ww_mp_protect(struct ww_mp_region *r, uintptr_t start, uintptr_t end, int prot,
                          const char **what)
 {
@@ -527,9 +569,16 @@ static int ww_mp_protect(struct ww_mp_region *r, uintptr_t start, uintptr_t end,
         size_t j = i + 1;
         while (j < e && ww_mp_load(r, j) == b0)
             j++;
-        unsigned before = ww_mp_kprot(r, b0);
+        unsigned oldp = WW_MP_PROT(r, b0);
         unsigned after = (b0 & WW_MP_W) ? newp : (newp & ~(unsigned)PROT_WRITE);
-        long d = ww_mp_delta(r, i, j, before, after);
+        int rehint = ww_mp_advice(oldp) != ww_mp_advice(newp);
+        long d = ww_mp_delta(r, i, j, ww_mp_vkey(r, b0),
+                             after | ((newp & PROT_WRITE) ? 0u : WW_MP_HINTED));
+        if (rehint && (rc = ww_mp_advise(r, i, j, MADV_SEQUENTIAL)) < 0) {
+            ww_mp_advise(r, i, j, ww_mp_advice(oldp));          /* splits nothing */
+            *what = "madvise(MADV_SEQUENTIAL)";
+            break;
+        }
         for (size_t k = i; k < j; k++) {
             uint8_t cur = ww_mp_load(r, k), want;
             do {
@@ -546,9 +595,13 @@ static int ww_mp_protect(struct ww_mp_region *r, uintptr_t start, uintptr_t end,
                 } while (!__atomic_compare_exchange_n(&r->state[k], &cur, want, 0,
                                                       __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
             }
+            if (rehint)
+                ww_mp_advise(r, i, j, ww_mp_advice(oldp));
             *what = "mprotect";
             break;
         }
+        if (rehint)
+            ww_mp_advise(r, i, j, ww_mp_advice(newp));          /* splits nothing */
         ww_mp_account(r, d);
         i = j;
     }
@@ -583,22 +636,36 @@ static int ww_mp_rearm(struct ww_mp_region *r, uintptr_t start, uintptr_t end,
 }
 
 /* Win32 commit of reserved [start, end): clean pages with protection prot
- * (kernel protection without write permission). */
+ * (kernel protection without write permission).  Reserved pages carry
+ * MADV_RANDOM; a writable commit changes that (see "hints"). */
 static int ww_mp_commit(struct ww_mp_region *r, uintptr_t start, uintptr_t end, int prot,
                         const char **what)
 {
     size_t i = (start - r->base) >> r->shift, e = (end - r->base) >> r->shift;
+    unsigned kprot = (unsigned)prot & ~(unsigned)PROT_WRITE;
+    int rehint = ww_mp_advice((unsigned)prot) != MADV_RANDOM;
     int rc;
     pthread_mutex_lock(&r->lock);
-    long d = ww_mp_delta(r, i, e, PROT_NONE, (unsigned)prot & ~(unsigned)PROT_WRITE);
+    long d = ww_mp_delta(r, i, e, PROT_NONE | WW_MP_HINTED,
+                         kprot | ((prot & PROT_WRITE) ? 0u : WW_MP_HINTED));
+    if (rehint && (rc = ww_mp_advise(r, i, e, MADV_SEQUENTIAL)) < 0) {
+        ww_mp_advise(r, i, e, MADV_RANDOM);                     /* splits nothing */
+        *what = "madvise(MADV_SEQUENTIAL)";
+        pthread_mutex_unlock(&r->lock);
+        return rc;
+    }
     for (size_t k = i; k < e; k++)
         __atomic_store_n(&r->state[k], WW_MP_BYTE(r, prot), __ATOMIC_RELEASE);
-    rc = ww_mp_mprotect(r, i, e, (unsigned)prot & ~(unsigned)PROT_WRITE);
+    rc = ww_mp_mprotect(r, i, e, kprot);
     if (rc < 0) {
         for (size_t k = i; k < e; k++)
             __atomic_store_n(&r->state[k], WW_MP_BYTE(r, PROT_NONE), __ATOMIC_RELEASE);
+        if (rehint)
+            ww_mp_advise(r, i, e, MADV_RANDOM);
         *what = "mprotect";
     } else {
+        if (rehint)
+            ww_mp_advise(r, i, e, MADV_NORMAL);                 /* splits nothing */
         ww_mp_account(r, d);
     }
     pthread_mutex_unlock(&r->lock);
@@ -608,7 +675,8 @@ static int ww_mp_commit(struct ww_mp_region *r, uintptr_t start, uintptr_t end, 
 /* Win32 decommit of [start, end): no access, contents dropped, not
  * written.  A fresh PROT_NONE mapping replaces the range, which gives back
  * the page tables its written pages filled (MADV_DONTNEED keeps them); it
- * gets the region's VMA name again. */
+ * gets the region's VMA name and the hint of no access (MADV_RANDOM)
+ * again. */
 static int ww_mp_decommit(struct ww_mp_region *r, uintptr_t start, uintptr_t end,
                           const char **what)
 {
@@ -622,7 +690,7 @@ static int ww_mp_decommit(struct ww_mp_region *r, uintptr_t start, uintptr_t end
         size_t b = a + 1;
         while (b < e && ww_mp_load(r, b) == b0)
             b++;
-        d += ww_mp_delta(r, a, b, ww_mp_kprot(r, b0), PROT_NONE);
+        d += ww_mp_delta(r, a, b, ww_mp_vkey(r, b0), PROT_NONE | WW_MP_HINTED);
         a = b;
     }
     rc = ww_mp_mprotect(r, i, e, PROT_NONE);
@@ -640,6 +708,11 @@ static int ww_mp_decommit(struct ww_mp_region *r, uintptr_t start, uintptr_t end
         } else {
             madvise(p, end - start, MADV_NOHUGEPAGE);
             prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, start, end - start, r->name);
+            /* Should this fail, the pages keep the hint of a writable run:
+             * harmless but for a clean write-only neighbour (PROT_WRITE
+             * alone, which the win32 layer never asks for), the only
+             * writable page whose kernel protection is PROT_NONE too. */
+            madvise(p, end - start, MADV_RANDOM);
         }
     }
     pthread_mutex_unlock(&r->lock);

@@ -39,10 +39,31 @@
  * Budget of VMAs: every run of pages with one kernel protection is a VMA,
  * and a process has at most vm.max_map_count of them.  The handler keeps an
  * estimate of the VMAs its splits add; when a split would go over the
- * budget (or the kernel refuses one with ENOMEM), it makes the whole clean
- * run around the page writable instead -- no split -- and marks all of it
- * written.  Reports then are a superset of the pages written, never a
- * subset; no write fails.
+ * budget, it makes the whole clean run around the page writable instead --
+ * no split -- and marks all of it written.  When the kernel refuses a split
+ * (ENOMEM: the process is at the limit), or the clean run does not end on
+ * VMA boundaries either, it makes every run of writable caller protection
+ * in the region writable (whole VMAs, see below) and marks them written.
+ * Reports then are a superset of the pages written, never a subset.
+ *
+ * That last step needs each run of pages whose caller protection allows
+ * writing to begin and end on VMA boundaries.  Kernel protections alone do
+ * not give that: a clean read/write page is kept read-only, as is a page
+ * the caller made read-only, and the kernel merges the two into one VMA --
+ * then no write to the clean page could be resolved without a split, and at
+ * a full vm.max_map_count the process would die of its first write there.
+ * So the control side marks every page whose caller protection forbids
+ * writing MADV_RANDOM (for anonymous memory it only turns off swap
+ * readahead) and every other MADV_NORMAL: the kernel never merges VMAs with
+ * different hints.  A VMA is then told by a key, its kernel protection and
+ * hint (ww_mp_vkey).  With that, no write to a page the caller may write
+ * fails -- as long as nothing else changes the hints of tracked pages, and
+ * the region's own edges are VMA boundaries.  Its VMAs carry a name of
+ * their own where the kernel has CONFIG_ANON_VMA_NAME.  Without it, two
+ * neighbours with the same flags share a VMA when one of them was never
+ * written (no anon_vma yet): a win32 reservation's committed pages before
+ * their first write, next to another region -- and a write there at a full
+ * map count still ends the process (docs/backends.md).
  */
 #ifndef WRITEWATCH_MPROTECT_HANDLER_H
 #define WRITEWATCH_MPROTECT_HANDLER_H
@@ -53,6 +74,7 @@
 #include <ucontext.h>
 
 #define WW_MP_W          1u
+#define WW_MP_HINTED     8u             /* in a VMA key: the run carries MADV_RANDOM */
 /* The protection bits are stored XOR the region's `flip` (its protection
  * when made: read/write for a Region, none for a win32 reservation), so
  * that the state of a fresh region is all zero bytes: calloc'd, it costs no
@@ -133,6 +155,13 @@ static inline unsigned ww_mp_kprot(const struct ww_mp_region *r, uint8_t b)
     return (b & WW_MP_W) ? p : (p & ~(unsigned)PROT_WRITE);
 }
 
+/* The key of the VMA a page with state b belongs in: two neighbouring runs
+ * of pages share a VMA only if their keys are equal (see the hints above). */
+static inline unsigned ww_mp_vkey(const struct ww_mp_region *r, uint8_t b)
+{
+    return ww_mp_kprot(r, b) | ((WW_MP_PROT(r, b) & PROT_WRITE) ? 0u : WW_MP_HINTED);
+}
+
 static inline uint8_t ww_mp_load(const struct ww_mp_region *r, size_t i)
 {
     return __atomic_load_n(&r->state[i], __ATOMIC_ACQUIRE);
@@ -144,8 +173,8 @@ static void ww_mp_say(const char *msg)
     (void)rc;
 }
 
-/* How many VMAs the region gains if pages [a, b), all with kernel
- * protection `before` now, get `after`.  Region edges are always VMA
+/* How many VMAs the region gains if pages [a, b), all with VMA key
+ * `before` now (ww_mp_vkey), get `after`.  Region edges are always VMA
  * boundaries and do not count. */
 static long ww_mp_delta(const struct ww_mp_region *r, size_t a, size_t b,
                         unsigned before, unsigned after)
@@ -154,11 +183,11 @@ static long ww_mp_delta(const struct ww_mp_region *r, size_t a, size_t b,
     if (before == after)
         return 0;
     if (a > 0) {
-        unsigned left = ww_mp_kprot(r, ww_mp_load(r, a - 1));
+        unsigned left = ww_mp_vkey(r, ww_mp_load(r, a - 1));
         d += (left != after) - (left != before);
     }
     if (b < r->npages) {
-        unsigned right = ww_mp_kprot(r, ww_mp_load(r, b));
+        unsigned right = ww_mp_vkey(r, ww_mp_load(r, b));
         d += (right != after) - (right != before);
     }
     return d;
@@ -231,7 +260,7 @@ static int ww_mp_widen(struct ww_mp_region *r, size_t i, unsigned prot)
 /* The kernel refused a split (ENOMEM: the process is at vm.max_map_count).
  * Give back every VMA this region's splits made: each run of pages with one
  * caller protection that allows writing becomes writable as a whole (whole
- * VMAs: no split) and counts as written.  No more splits until the budget
+ * VMAs, thanks to the hints: no split) and counts as written.  No more splits until the budget
  * is taken again (ww_mp_maybe_refresh, or the next region armed). */
 static int ww_mp_widen_region(struct ww_mp_region *r)
 {
@@ -319,8 +348,8 @@ static int ww_mp_resolve(uintptr_t addr)
             if (ww_mp_mprotect(r, i, i + 1, prot) == 0) {
                 __atomic_fetch_or(&r->state[i], WW_MP_W, __ATOMIC_ACQ_REL);
                 handled = 1;
-            } else if (ww_mp_widen(r, i, prot) == 0) {
-                handled = 1;
+            } else if (ww_mp_widen(r, i, prot) == 0 || ww_mp_widen_region(r) == 0) {
+                handled = 1;            /* the split was refused: see the top */
             }
         } else {
             long d = ww_mp_delta(r, i, i + 1, prot & ~(unsigned)PROT_WRITE, prot);
@@ -333,6 +362,8 @@ static int ww_mp_resolve(uintptr_t addr)
                 handled = 1;
             } else if (ww_mp_widen(r, i, prot) == 0) {
                 handled = 1;
+            } else if (rc != -ENOMEM && ww_mp_widen_region(r) == 0) {
+                handled = 1;            /* over budget, and the run needs a split */
             }
         }
         if (handled) {
