@@ -2,7 +2,9 @@
 """writewatch's extension module: the Region type, the backend interface and
 the backends themselves.  The parts live in .pxi files pulled in below
 (uvloop's layout); the C they call is declared in includes/*.pxd, one .pxd
-per C header, all cimported here."""
+per C header, all cimported here -- but for the pthread mutex (_region.pxi)
+and qsort (_batch.pxi), declared where they are used.  docs/hacking.md
+describes the parts."""
 
 cimport cython
 import operator

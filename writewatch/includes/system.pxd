@@ -1,5 +1,6 @@
 # The C library's declarations the extension uses beyond Cython's own
-# libc/posix .pxd files: memory mapping, a few of <unistd.h>, errno values.
+# libc/posix .pxd files: memory mapping, a few calls of <unistd.h>, <fcntl.h>
+# and <sched.h>, errno values.
 # (Constants old headers may lack come from compat.h: see compat.pxd.)
 from posix.types cimport pid_t
 
