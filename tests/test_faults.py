@@ -48,19 +48,32 @@ def write(region, idx, value=1):
 
 class Witness:
     """A region with writes on known pages; .intact() checks it reports
-    exactly those (without reset) and still tracks a new write."""
+    exactly those (without reset) and still tracks a new write.  With
+    superset, reports may hold more pages than were written (as mprotect's
+    do at a full vm.max_map_count); those count as written from then on."""
     def __init__(self, npages=32, written=(1, 4, 9, 30), backend=BACKEND):
         self.r = writewatch.Region(npages * P, backend=backend)
         self.want = sorted(written)
+        self.readonly = set()          # pages made read-only: never written
         write(self.r, self.want)
-    def intact(self, label, new_write=True):
-        check(pages(self.r) == self.want, "%%s: witness reports exactly its writes" %% label)
+    def _reports(self, want, label, superset):
+        got = pages(self.r)
+        if superset:
+            check(set(want) <= set(got), "%%s (a superset of %%d: %%d pages)"
+                  %% (label, len(want), len(got)))
+            self.want = got
+        else:
+            check(got == want, label)
+            self.want = want
+    def intact(self, label, new_write=True, superset=False):
+        self._reports(self.want, "%%s: witness reports its writes" %% label, superset)
         if not new_write:
             return
-        extra = [p for p in range(self.r.size // P) if p not in self.want][:1]
+        extra = [p for p in range(self.r.size // P)
+                 if p not in self.want and p not in self.readonly][:1]
         write(self.r, extra)
-        self.want = sorted(self.want + extra)
-        check(pages(self.r) == self.want, "%%s: witness tracks a new write" %% label)
+        self._reports(sorted(self.want + extra), "%%s: witness tracks a new write" %% label,
+                      superset)
 
 def uffd_fds(async_only=False):
     """This process's userfaultfds; async_only: those with UFFD_FEATURE_WP_ASYNC
@@ -155,18 +168,21 @@ def test_enomem_from_rlimit_as(backend):
 
 # -- vm.max_map_count -------------------------------------------------------
 
-# Backends whose first write to an armed page needs a new VMA (mprotect
-# splits the mapping to make one page writable): with the map count full that
-# fault cannot be resolved and the process is killed -- the technique's
-# documented limit (notes/README-mprotect.md), so such writes are not tried.
-WRITE_NEEDS_A_VMA = {"mprotect"}
+# mprotect makes a page writable by splitting its VMA.  With the map count
+# full it makes the whole clean run around the page -- or every writable run
+# of the region -- writable instead, without a split, and reports all of it
+# as written: a superset of the pages written (docs/backends.md).  Every
+# write succeeds.
+SUPERSET_WHEN_FULL = {"mprotect"}
 
 
 def test_max_map_count_exhausted(backend):
     """Fill the map count with many small mappings (the sysctl is left
-    alone): Region creation fails cleanly, an existing region's protection
-    change that needs a VMA split fails cleanly, and everything recovers."""
-    out = run_child(backend, extra="WRITES_WHEN_FULL = %r\n" % (backend not in WRITE_NEEDS_A_VMA),
+    alone): Region creation fails cleanly, writes to existing regions and to
+    regions made at the limit succeed and are reported, an existing region's
+    protection change that needs a VMA split fails cleanly, and everything
+    recovers."""
+    out = run_child(backend, extra="SUPERSET = %r\n" % (backend in SUPERSET_WHEN_FULL),
                     body=r'''
         w = Witness()
         limit = int(open("/proc/sys/vm/max_map_count").read())
@@ -197,29 +213,33 @@ def test_max_map_count_exhausted(backend):
                 check(e.errno == errno.ENOMEM and ("mmap" in str(e) or "ioctl" in str(e)),
                       "Region creation fails cleanly: %s" % e)
                 continue
-            if WRITES_WHEN_FULL:
-                write(r, [attempt % 8])
-                check(pages(r) == [attempt % 8], "a region made at the limit is exact")
+            write(r, [attempt % 8])
+            got = pages(r)
+            if SUPERSET:
+                check(attempt % 8 in got, "a region made at the limit reports its write "
+                      "(a superset: %s)" % got)
             else:
-                check(pages(r) == [], "a region made at the limit is exact (not written)")
-            held.append(r)
+                check(got == [attempt % 8], "a region made at the limit is exact")
+            held.append((r, got))
             outcomes.append("made")
         check(failures >= 1 and outcomes[-1] == "refused",
               "creation refused at the limit: %s" % " ".join(outcomes))
-        w.intact("map count full", new_write=WRITES_WHEN_FULL)
+        w.intact("map count full", superset=SUPERSET)
         # A protection change of part of the witness needs a split too --
         # unless the backend's own page protections already split it there.
         try:
             w.r._protect(w.r.address + 2 * P, P, mmap.PROT_READ)
+            w.readonly.add(2)
             print("ok partial _protect needed no new VMA here")
         except OSError as e:
-            check(e.errno == errno.ENOMEM, "partial _protect fails cleanly: %s" % e)
-        w.intact("after the failed _protect", new_write=WRITES_WHEN_FULL)
+            # ENOMEM from mprotect; EAGAIN from madvise, which is how the
+            # mprotect backend isolates a run before changing its protection
+            check(e.errno in (errno.ENOMEM, errno.EAGAIN), "partial _protect fails cleanly: %s" % e)
+        w.intact("after the failed _protect", superset=SUPERSET)
         # Give the maps back: everything works again.
         check(libc.munmap(base, n * P) == 0, "release the reservation")
-        for i, h in enumerate(held):
-            want = [i % 8] if WRITES_WHEN_FULL else []
-            check(pages(h, reset=True) == want, "regions made at the limit still exact")
+        for h, got in held:
+            check(pages(h, reset=True) == got, "regions made at the limit report as before")
             h.close()
         r = writewatch.Region(8 * P, backend=BACKEND)
         write(r, [3])
@@ -227,6 +247,7 @@ def test_max_map_count_exhausted(backend):
         r.close()
         w.r._protect(w.r.address + 2 * P, P, mmap.PROT_READ)
         w.r._protect(w.r.address + 2 * P, P, mmap.PROT_READ | mmap.PROT_WRITE)
+        w.readonly.discard(2)
         w.intact("after recovery")
         print("DONE")
     ''')

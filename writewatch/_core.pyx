@@ -1,7 +1,10 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, embedsignature=True, embedsignature.format=clinic
 """writewatch's extension module: the Region type, the backend interface and
 the backends themselves.  The parts live in .pxi files pulled in below
-(uvloop's layout); every C declaration is in includes/system.pxd."""
+(uvloop's layout); the C they call is declared in includes/*.pxd, one .pxd
+per C header, all cimported here -- but for the pthread mutex (_region.pxi)
+and qsort (_batch.pxi), declared where they are used.  docs/hacking.md
+describes the parts."""
 
 cimport cython
 import operator
@@ -15,10 +18,15 @@ from libc.stdint cimport uint8_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc, calloc, realloc
 from libc.string cimport memcpy, memset
 
-from writewatch.includes.system cimport *
-from writewatch.includes.uffd cimport *
-from writewatch.includes.softdirty cimport *
-from writewatch.includes.crc32c cimport *
+from writewatch.includes.compat cimport *          # compat.h: platform fallbacks
+from writewatch.includes.writewatch_abi cimport *  # kernel/writewatch_abi.h
+from writewatch.includes.ww_common cimport *       # ww_common.h: shared by the backends
+from writewatch.includes.system cimport *          # the C library
+from writewatch.includes.uffd_thread cimport *     # the `uffd` backend
+from writewatch.includes.mprotect_handler cimport *  # the `mprotect` backend,
+from writewatch.includes.mprotect_control cimport *  # signal and control sides
+from writewatch.includes.softdirty cimport *       # the `softdirty` backend
+from writewatch.includes.crc32c cimport *          # DeltaLog's checksum
 from writewatch._errors import (BackendUnavailable, ForkedRegionError,
                                 WriteWatchError, syscall_error)
 from writewatch._types import BackendInfo

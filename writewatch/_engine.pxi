@@ -2,9 +2,10 @@
 # piece of shared logic -- argument checks, range rounding, bounds, result
 # arrays, `out`, `max_count`, closed/forked checks, the memory guard, the
 # region's lock and its extra consumers (trackers) -- and an Engine fills in
-# only these hooks.  All hooks but arm() and the costs run without the GIL,
-# under the region's lock, and report failure as -errno, naming the failed
-# call in *what.
+# only these hooks.  All hooks but arm(), arm_cost(), detach() and release()
+# run without the GIL, under the region's lock, and report failure as -errno,
+# naming the failed call in *what; those four run with the GIL and without
+# the lock.  The whole contract, and the lock order: docs/hacking.md.
 #
 # A region's pages are committed (accessible, armed: every write is seen) or
 # reserved (PROT_NONE, not armed, never reported).  A Region made by

@@ -1,11 +1,10 @@
 # The `mprotect` backend: the classic emulation (Wine's, before PAGEMAP_SCAN).
 # Pages not written since the last reset are kept without write permission;
-# a process-wide SIGSEGV handler in C (includes/mprotect_handler.h) records
+# a process-wide SIGSEGV handler in C (includes/mprotect_handler.h; the
+# calls below go to its control side, includes/mprotect_control.h) records
 # the first write to each and gives the permission back.  Works on any
 # Linux; kernel writes into a clean page (read(2) into the region) fail with
-# EFAULT -- see notes/README-mprotect.md.
-
-from writewatch.includes.mprotect cimport *
+# EFAULT -- see docs/backends.md.
 
 
 cdef class _MprotectEngine(Engine):

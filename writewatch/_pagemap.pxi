@@ -31,7 +31,7 @@ cdef inline const char *_scan_failure(long r) noexcept nogil:
 
 
 cdef class _PagemapEngine(Engine):
-    # The process's userfaultfd (compat.h: one per process and fork
+    # The process's userfaultfd (ww_common.h: one per process and fork
     # generation, shared by every pagemap region) and /proc/self/pagemap.
     cdef int uffd
     cdef int pmfd

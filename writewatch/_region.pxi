@@ -6,7 +6,8 @@
 # hooks).  Calls on one region are serialised; calls on different regions
 # and the writes themselves never wait for it.  Nothing under the mutex waits
 # for another lock of ours, except the engines' own (uffd_thread.h,
-# softdirty.h), which are always taken after it.
+# mprotect_control.h, softdirty.h, ww_common.h), which are always taken
+# after it.  (docs/hacking.md has the whole lock order.)
 #
 # Consumers.  A region's written state is read and reset by its own calls
 # (get_write_watch, reset_write_watch, writewatch.win32) and by any number of

@@ -1,7 +1,13 @@
 /*
- * compat.h - the small amount of plain C the extension needs, kept out of
- * Cython because it must be lock-free or fork-aware.  Everything platform
- * specific (the kernel ABI) comes from kernel/writewatch_abi.h.
+ * compat.h - platform fallbacks, and nothing else: the constants that old
+ * C library headers lack, each defined only where the system's header did
+ * not define it (the system's value wins).  The kernel's own ABI (the
+ * PAGEMAP_SCAN and userfaultfd structures and flags) has its fallbacks in
+ * kernel/writewatch_abi.h, shared with the C selftests; the code shared by
+ * the backends is in ww_common.h.
+ *
+ * Included first, so that _GNU_SOURCE (also set by setup.py) is seen by
+ * every system header.
  */
 #ifndef WRITEWATCH_COMPAT_H
 #define WRITEWATCH_COMPAT_H
@@ -9,197 +15,21 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE 1
 #endif
-#include <errno.h>
-#include <fcntl.h>
-#include <pthread.h>
-#include <stdint.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <sys/syscall.h>
-#include <sys/types.h>
-#include <unistd.h>
 
-#include "writewatch_abi.h"
+#include <sys/mman.h>
+#include <sys/prctl.h>
 
 #ifndef MAP_FIXED_NOREPLACE
-#define MAP_FIXED_NOREPLACE 0x100000
+#define MAP_FIXED_NOREPLACE 0x100000        /* Linux 4.17 */
 #endif
 #ifndef MADV_NOHUGEPAGE
-#define MADV_NOHUGEPAGE 15
+#define MADV_NOHUGEPAGE 15                  /* Linux 2.6.38 */
 #endif
-
-/* ---- fork generation ----------------------------------------------------
- * Incremented in every child made by fork(): a region remembers the
- * generation it was made in, and refuses to be used from a child, whose copy
- * of the mapping is not registered with the parent's userfaultfd.  Cheaper
- * than getpid() (a syscall since glibc 2.25) on every call. */
-static volatile uint64_t ww_fork_gen = 0;
-static pthread_once_t ww_atfork_once = PTHREAD_ONCE_INIT;
-
-static void ww_on_fork_child(void) { __atomic_add_fetch(&ww_fork_gen, 1, __ATOMIC_SEQ_CST); }
-static void ww_atfork_install(void) { pthread_atfork(NULL, NULL, ww_on_fork_child); }
-
-static inline uint64_t ww_fork_generation(void)
-{
-    pthread_once(&ww_atfork_once, ww_atfork_install);
-    return __atomic_load_n(&ww_fork_gen, __ATOMIC_ACQUIRE);
-}
-
-/* ---- /proc/self/pagemap -------------------------------------------------
- * One descriptor per process.  A descriptor inherited over fork() still reads
- * the parent's address space, so it is keyed by the fork generation and
- * reopened in a child.  (generation << 32 | fd) is swapped in atomically: no
- * lock, so no lock can be left held across fork().  Returns fd or -errno. */
-static uint64_t ww_pm_packed = 0; /* 0: none yet (fds are < 2^31, gen + 1 > 0) */
-
-static inline int ww_pagemap_fd(void)
-{
-    uint64_t gen = ww_fork_generation() + 1;
-    uint64_t cur = __atomic_load_n(&ww_pm_packed, __ATOMIC_ACQUIRE);
-    if (cur && (cur >> 32) == (gen & 0xffffffffu))
-        return (int)(uint32_t)cur;
-    int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    uint64_t mine = ((gen & 0xffffffffu) << 32) | (uint32_t)fd;
-    if (__atomic_compare_exchange_n(&ww_pm_packed, &cur, mine, 0,
-                                    __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-        /* A descriptor inherited from a parent is left open: by now its
-         * number may belong to something else the child opened. */
-        return fd;
-    }
-    close(fd);                                  /* another thread won the race */
-    if ((cur >> 32) == (gen & 0xffffffffu))
-        return (int)(uint32_t)cur;
-    return -EAGAIN;
-}
-
-/* ioctl(), retried on EINTR; returns the result or -errno. */
-static inline long ww_ioctl(int fd, unsigned long req, void *arg);
-
-static inline int ww_userfaultfd(int flags)
-{
-    long r = syscall(SYS_userfaultfd, flags);
-    return r < 0 ? -errno : (int)r;
-}
-
-/* ---- the process's asynchronous userfaultfd -----------------------------
- * Every `pagemap` region is registered with one userfaultfd per process
- * (features WP_ASYNC | WP_UNPOPULATED: the kernel resolves write faults by
- * itself and never queues a message, so nothing reads it).  One descriptor
- * whatever the number of regions: a program holding thousands of them stays
- * far from RLIMIT_NOFILE, creating and closing a region costs no open() or
- * close() -- and closing a userfaultfd walks every VMA of the process.
- *
- * Kept per fork generation, like the pagemap descriptor: a descriptor
- * inherited over fork() still belongs to the parent's mm (registering
- * through it would register the *parent's* addresses), so a child opens its
- * own.  The file's identity (st_dev, st_ino: every userfaultfd has an inode
- * of its own) is kept too, so that a descriptor closed behind the library's
- * back -- its number maybe reused by another file -- is noticed when a call
- * fails, and a fresh one is opened for the regions made after that.  The
- * regions registered through the lost one read as unregistered
- * (PM_SCAN_CHECK_WPASYNC: EPERM).  Guarded by a mutex that a fork child
- * re-initialises (only the forking thread lives on in the child). */
-static struct {
-    pthread_mutex_t mu;
-    uint64_t gen;           /* fork generation + 1 it was opened in; 0: none */
-    int fd;
-    dev_t dev;
-    ino_t ino;
-} ww_au = { PTHREAD_MUTEX_INITIALIZER, 0, -1, 0, 0 };
-
-static void ww_au_on_fork_child(void)
-{
-    pthread_mutex_init(&ww_au.mu, NULL);
-    /* The number still refers to the inherited descriptor here (nothing else
-     * has run in the child yet): dropping the child's reference leaves the
-     * parent's registrations alone. */
-    if (ww_au.gen && ww_au.fd >= 0)
-        close(ww_au.fd);
-    ww_au.gen = 0;
-    ww_au.fd = -1;
-}
-
-static pthread_once_t ww_au_once = PTHREAD_ONCE_INIT;
-static void ww_au_install(void) { pthread_atfork(NULL, NULL, ww_au_on_fork_child); }
-
-/* The descriptor, opened and handshaken on first use in this process (or
- * this fork child); -errno and *what on failure. */
-static int ww_async_uffd(const char **what)
-{
-    pthread_once(&ww_au_once, ww_au_install);
-    uint64_t gen = ww_fork_generation() + 1;
-    pthread_mutex_lock(&ww_au.mu);
-    if (ww_au.gen == gen && ww_au.fd >= 0) {
-        int fd = ww_au.fd;
-        pthread_mutex_unlock(&ww_au.mu);
-        return fd;
-    }
-    int fd = ww_userfaultfd(O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
-    if (fd < 0) {
-        pthread_mutex_unlock(&ww_au.mu);
-        *what = "userfaultfd(UFFD_USER_MODE_ONLY)";
-        return fd;
-    }
-    struct uffdio_api api;
-    api.api = UFFD_API;
-    api.features = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
-    api.ioctls = 0;
-    long rc = ww_ioctl(fd, UFFDIO_API, &api);
-    struct stat st;
-    if (rc == 0 && fstat(fd, &st) != 0)
-        rc = -errno;
-    if (rc < 0) {
-        close(fd);
-        pthread_mutex_unlock(&ww_au.mu);
-        *what = "ioctl(UFFDIO_API) [features WP_ASYNC|WP_UNPOPULATED need Linux 6.7]";
-        return (int)rc;
-    }
-    ww_au.fd = fd;
-    ww_au.gen = gen;
-    ww_au.dev = st.st_dev;
-    ww_au.ino = st.st_ino;
-    pthread_mutex_unlock(&ww_au.mu);
-    return fd;
-}
-
-/* After a failed call on fd: if fd is no longer the descriptor we opened
- * (closed behind our back, number maybe reused), forget it so the next
- * region opens a new one.  Returns 1 if it was lost. */
-static int ww_async_uffd_lost(int fd)
-{
-    struct stat st;
-    int lost = 0;
-    pthread_mutex_lock(&ww_au.mu);
-    if (ww_au.fd == fd && ww_au.gen == ww_fork_generation() + 1) {
-        if (fstat(fd, &st) != 0 || st.st_dev != ww_au.dev || st.st_ino != ww_au.ino) {
-            ww_au.fd = -1;          /* not ours any more: never close it */
-            ww_au.gen = 0;
-            lost = 1;
-        }
-    }
-    pthread_mutex_unlock(&ww_au.mu);
-    return lost;
-}
-
-/* ioctl(), retried on EINTR; returns the result or -errno. */
-static inline long ww_ioctl(int fd, unsigned long req, void *arg)
-{
-    long r;
-    do {
-        r = ioctl(fd, req, arg);
-    } while (r < 0 && errno == EINTR);
-    return r < 0 ? -errno : r;
-}
-
-/* Write to a page without changing it: an atomic "or 0" is a write access
- * (it takes the write fault) but cannot overwrite a value another thread is
- * storing concurrently. */
-static inline void ww_touch_page(uintptr_t addr)
-{
-    __atomic_fetch_or((volatile uint8_t *)addr, (uint8_t)0, __ATOMIC_RELAXED);
-}
+#ifndef PR_SET_VMA
+#define PR_SET_VMA 0x53564d41               /* Linux 5.17: names of anonymous VMAs */
+#endif
+#ifndef PR_SET_VMA_ANON_NAME
+#define PR_SET_VMA_ANON_NAME 0
+#endif
 
 #endif /* WRITEWATCH_COMPAT_H */

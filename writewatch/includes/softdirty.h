@@ -42,13 +42,13 @@
  *    process, so the next write to *any* page of the process takes a minor
  *    fault; a reset costs in proportion to the process, not the region.
  *  - fork(): clear_refs and pagemap are opened per call / per process
- *    (compat.h), so a child never touches its parent's bits; the child
+ *    (ww_common.h), so a child never touches its parent's bits; the child
  *    starts with no live regions and a fresh mutex.
  */
 #ifndef WRITEWATCH_SOFTDIRTY_H
 #define WRITEWATCH_SOFTDIRTY_H
 
-#include "compat.h"
+#include "ww_common.h"
 
 #include <stdlib.h>
 
@@ -59,7 +59,6 @@ typedef struct ww_sd_region {
     uintptr_t base, end;
     size_t page;
     unsigned shift;
-    size_t nwords;
     uint64_t *soft;              /* soft-dirty before the last clear_refs */
     uint64_t gen;                /* fork generation it was armed in       */
     struct ww_sd_region *next, *prev;
@@ -107,7 +106,7 @@ static int ww_sd_read(const ww_sd_region *r, size_t first, size_t last, uint64_t
         n = (size_t)got / sizeof(uint64_t);
         for (size_t k = 0; k < n; k++)
             if (ent[k] & WW_PM_SOFT_DIRTY)
-                bits[(first + k) >> 6] |= (uint64_t)1 << ((first + k) & 63);
+                ww_bit_set(bits, first + k);
         first += n;
     }
     return 0;
@@ -153,9 +152,8 @@ static int ww_sd_arm(ww_sd_region *r, uintptr_t base, size_t size, size_t page,
     r->end = base + size;
     r->page = page;
     r->shift = (unsigned)__builtin_ctzl(page);
-    r->nwords = ((size >> r->shift) + 63) / 64;
     r->gen = ww_fork_generation();
-    r->soft = (uint64_t *)calloc(r->nwords ? r->nwords : 1, sizeof(uint64_t));
+    r->soft = ww_bits_new(size >> r->shift);
     if (r->soft == NULL) {
         *what = "calloc";
         return -ENOMEM;
@@ -202,12 +200,6 @@ static void ww_sd_region_free(ww_sd_region *r)
     }
 }
 
-static inline void ww_sd_clear_bits(uint64_t *bits, size_t first, size_t last)
-{
-    for (size_t i = first; i < last; i++)
-        bits[i >> 6] &= ~((uint64_t)1 << (i & 63));
-}
-
 /* Written pages of [start, end) into buf[*n...] (at most limit - *n); with
  * reset, fold + clear_refs first and then take the reported pages out of
  * r->soft (pages past the limit keep their bits).  buf NULL: a plain reset
@@ -224,14 +216,13 @@ static int ww_sd_collect(ww_sd_region *r, uintptr_t start, uintptr_t end, int re
         if (rc < 0)
             goto out;
         if (buf == NULL) {
-            ww_sd_clear_bits(r->soft, first, last);
+            ww_bits_clear(r->soft, first, last);
             goto out;
         }
-        for (size_t i = first; i < last && *n < limit; i++) {
-            if (r->soft[i >> 6] & ((uint64_t)1 << (i & 63))) {
-                buf[(*n)++] = (uint64_t)(r->base + (i << r->shift));
-                r->soft[i >> 6] &= ~((uint64_t)1 << (i & 63));
-            }
+        for (size_t i = ww_next_set(r->soft, first, last); i < last && *n < limit;
+             i = ww_next_set(r->soft, i + 1, last)) {
+            buf[(*n)++] = (uint64_t)(r->base + (i << r->shift));
+            ww_bit_clear(r->soft, i);
         }
     } else {
         /* r->soft | bit 55, a chunk at a time (chunks start on a word). */
@@ -249,7 +240,7 @@ static int ww_sd_collect(ww_sd_region *r, uintptr_t start, uintptr_t end, int re
                 goto out;
             for (size_t i = from; i < stop && *n < limit; i++) {
                 size_t k = i - p;
-                if ((now[k >> 6] >> (k & 63) & 1) || (r->soft[i >> 6] >> (i & 63) & 1))
+                if (ww_bit_test(now, k) || ww_bit_test(r->soft, i))
                     buf[(*n)++] = (uint64_t)(r->base + (i << r->shift));
             }
             p = stop;
@@ -273,7 +264,7 @@ static int ww_sd_discard(ww_sd_region *r, uintptr_t start, uintptr_t end, const 
         rc = -errno;
         *what = "madvise(MADV_DONTNEED)";
     } else {
-        ww_sd_clear_bits(r->soft, (start - r->base) >> r->shift, (end - r->base) >> r->shift);
+        ww_bits_clear(r->soft, (start - r->base) >> r->shift, (end - r->base) >> r->shift);
     }
     pthread_mutex_unlock(&ww_sd_mu);
     return rc;
@@ -290,7 +281,7 @@ static int ww_sd_commit(ww_sd_region *r, uintptr_t start, uintptr_t end, int pro
         rc = -errno;
         *what = "mprotect";
     } else {
-        ww_sd_clear_bits(r->soft, (start - r->base) >> r->shift, (end - r->base) >> r->shift);
+        ww_bits_clear(r->soft, (start - r->base) >> r->shift, (end - r->base) >> r->shift);
     }
     pthread_mutex_unlock(&ww_sd_mu);
     return rc;

@@ -96,7 +96,7 @@
 #ifndef WRITEWATCH_UFFD_THREAD_H
 #define WRITEWATCH_UFFD_THREAD_H
 
-#include "compat.h"
+#include "ww_common.h"
 
 #include <signal.h>
 #include <stdlib.h>
@@ -112,8 +112,7 @@ typedef struct ww_uffd_region {
     uintptr_t base, end;
     size_t page;
     unsigned shift;
-    size_t nwords;
-    uint64_t *bits;          /* written since last reset; atomics           */
+    uint64_t *bits;          /* written since last reset (ww_common.h)      */
     pthread_mutex_t lock;    /* pairs (H1,H2) and (R1,R2) above             */
     uint64_t gen;            /* fork generation the region was armed in    */
     int in_table;
@@ -263,11 +262,6 @@ static void ww_uffd_table_remove(ww_uffd_region *r)
 }
 
 /* ---- the handler thread ------------------------------------------------ */
-
-static inline void ww_bit_set(uint64_t *bits, size_t i)
-{
-    __atomic_fetch_or(&bits[i >> 6], (uint64_t)1 << (i & 63), __ATOMIC_SEQ_CST);
-}
 
 static void ww_uffd_fault(int fd, uint64_t address, uint64_t flags, size_t page)
 {
@@ -537,9 +531,8 @@ static int ww_uffd_arm(ww_uffd_region *r, uintptr_t base, size_t size, size_t pa
     r->end = base + size;
     r->page = page;
     r->shift = (unsigned)__builtin_ctzl(page);
-    r->nwords = ((size >> r->shift) + 63) / 64;
     r->gen = ww_fork_generation();
-    r->bits = (uint64_t *)calloc(r->nwords ? r->nwords : 1, sizeof(uint64_t));
+    r->bits = ww_bits_new(size >> r->shift);
     if (r->bits == NULL) {
         *what = "calloc";
         return -ENOMEM;
@@ -599,20 +592,6 @@ static void ww_uffd_region_free(ww_uffd_region *r)
     free(r);
 }
 
-/* Next set bit in [i, end), or end. */
-static inline size_t ww_next_set(const uint64_t *bits, size_t i, size_t end)
-{
-    while (i < end) {
-        uint64_t w = __atomic_load_n(&bits[i >> 6], __ATOMIC_SEQ_CST) >> (i & 63);
-        if (w) {
-            i += (size_t)__builtin_ctzll(w);
-            return i < end ? i : end;
-        }
-        i = (i | 63) + 1;
-    }
-    return end;
-}
-
 /* Write-protect the runs of idx[0..k) (ascending page numbers), then clear
  * their bits: (R1) then (R2).  r->lock held.  0 or -errno; on failure no
  * bit is cleared (a protected page with its bit set is merely reported). */
@@ -632,10 +611,8 @@ static int ww_uffd_reprotect(ww_uffd_region *r, int fd, const uint32_t *idx, siz
         }
         a = b;
     }
-    for (a = 0; a < k; a++) {
-        size_t i = off + idx[a];
-        __atomic_fetch_and(&r->bits[i >> 6], ~((uint64_t)1 << (i & 63)), __ATOMIC_SEQ_CST);
-    }
+    for (a = 0; a < k; a++)
+        ww_bit_clear(r->bits, off + idx[a]);
     return 0;
 }
 
@@ -698,18 +675,14 @@ static int ww_uffd_discard(ww_uffd_region *r, uintptr_t start, uintptr_t end,
             *what = "ioctl(UFFDIO_WRITEPROTECT)";
     }
     if (rc == 0)
-        for (size_t i = first; i < last; i++)
-            __atomic_fetch_and(&r->bits[i >> 6], ~((uint64_t)1 << (i & 63)), __ATOMIC_SEQ_CST);
+        ww_bits_clear(r->bits, first, last);
     pthread_mutex_unlock(&r->lock);
     return rc;
 }
 
 static void ww_uffd_clear_bits(ww_uffd_region *r, uintptr_t start, uintptr_t end)
 {
-    size_t first = (start - r->base) >> r->shift;
-    size_t last = (end - r->base) >> r->shift;
-    for (size_t i = first; i < last; i++)
-        __atomic_fetch_and(&r->bits[i >> 6], ~((uint64_t)1 << (i & 63)), __ATOMIC_SEQ_CST);
+    ww_bits_clear(r->bits, (start - r->base) >> r->shift, (end - r->base) >> r->shift);
 }
 
 /* Write-protect all of [start, end) again -- pages, and (markers mode) the

@@ -1,15 +1,11 @@
-# The mprotect backend's plain C (includes/mprotect_handler.h): the SIGSEGV
-# handler and the control calls that share its lock-free state.
+# The `mprotect` backend's control side (includes/mprotect_control.h): the
+# calls the engine's hooks make, and the test hooks.  Never in signal context.
 from libc.stdint cimport uint64_t, uintptr_t
 
+from writewatch.includes.mprotect_handler cimport ww_mp_region
 
-cdef extern from "mprotect_handler.h" nogil:
-    struct ww_mp_region:
-        uintptr_t base
-        uintptr_t end
-        size_t npages
-        long splits
 
+cdef extern from "mprotect_control.h" nogil:
     ww_mp_region *ww_mp_arm(uintptr_t base, size_t size, size_t page,
                             int committed, int *err, const char **what)
     void ww_mp_detach(ww_mp_region *r)
@@ -26,12 +22,8 @@ cdef extern from "mprotect_handler.h" nogil:
                        const char **what)
     int ww_mp_install()
     int ww_mp_handler_is_current()
-    long ww_mp_vmas_in(uintptr_t start, uintptr_t end)
-    long ww_mp_regions()
     void ww_mp_update_budget()
 
-    long ww_mp_vmas
-    long ww_mp_vma_limit
-    unsigned long ww_mp_nfaults
-    unsigned long ww_mp_nwidened
-    unsigned long ww_mp_nkept
+    # test hooks
+    long ww_mp_vmas_in(uintptr_t start, uintptr_t end)
+    long ww_mp_regions()
