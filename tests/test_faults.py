@@ -118,16 +118,25 @@ def test_enomem_from_rlimit_as(backend):
     raises MemoryError *before* re-arming anything, so no page is lost
     (regression: the result used to be allocated after the reset)."""
     out = run_child(backend, r'''
-        # A fixed mmap threshold: the result arrays below (160 KB) are always
-        # mmap'd, so RLIMIT_AS governs them whatever free heap the imports
-        # left (glibc raises the threshold dynamically after frees).
+        # The result array of a get-and-reset has a slot per page of the
+        # range.  For RLIMIT_AS to refuse it, malloc must have to map new
+        # memory: the array must be larger than all the free memory of the
+        # heap (glibc serves a request from a free chunk before it looks at
+        # the mmap threshold), and above a fixed threshold (glibc raises it
+        # by itself after frees).  So the region gets more pages than the
+        # heap has free bytes / 8; only every 97th page is written.
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(f, ctypes.c_size_t) for f in (
+                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                "fsmblks", "uordblks", "fordblks", "keepcost")]
+        libc.mallinfo2.restype = MallInfo2
         M_MMAP_THRESHOLD = -3
-        check(ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 64 << 10) == 1, "mallopt")
+        check(libc.mallopt(M_MMAP_THRESHOLD, 64 << 10) == 1, "mallopt")
         w = Witness()
-        N = 20000
+        N = max(20000, (libc.mallinfo2().fordblks + (4 << 20)) // 8)
         big = writewatch.Region(N * P, backend=BACKEND)
         view = np.frombuffer(big, dtype=np.uint8)
-        want = list(range(N))
+        want = list(range(0, N, 97))
         soft, hard = resource.getrlimit(resource.RLIMIT_AS)
         def vmsize():
             for line in open("/proc/self/status"):
@@ -139,10 +148,11 @@ def test_enomem_from_rlimit_as(backend):
         check(e.errno == errno.ENOMEM and "mmap" in str(e), "Region(1 GiB): %s" % e)
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
         w.intact("after the failed Region")
-        # 2. get-and-reset at every amount of headroom from 0 to 1 MiB
+        # 2. get-and-reset at 32 amounts of headroom, from none to more than
+        # the result array needs
         counts = {"ok": 0, "MemoryError": 0}
-        for room in range(0, 1 << 20, 32 << 10):
-            view[::P] = 1
+        for room in range(0, 8 * N + (1 << 20), (8 * N + (1 << 20)) // 32):
+            view[::97 * P] = 1
             resource.setrlimit(resource.RLIMIT_AS, (vmsize() + room, hard))
             try:
                 got = big.get_write_watch(reset=True)
