@@ -129,6 +129,134 @@ def test_1_win32_calls_in_a_fork_child_return_promptly(backend):
     assert res["cycles"] >= 60
 
 
+# A fork can find another thread anywhere inside a win32 call.  To reach every
+# such point deterministically, a profile hook forks at each call, return and
+# C call inside writewatch/win32.py and _win32_table.py during one call of
+# each kind: the child is then exactly what a fork gives when another thread
+# is at that point (the child never returns into the interrupted call).
+
+FORK_AT_EVERY_STEP = r"""
+import ctypes, json, os, signal, sys
+import numpy as np
+from writewatch import win32 as w
+
+P = w.PAGE_SIZE
+MEM = w.MEM_RESERVE | w.MEM_COMMIT | w.MEM_WRITE_WATCH
+OURS = ("win32.py", "_win32_table.py")
+CHECK = sys.argv[2]
+READABLE = (w.PAGE_READONLY, w.PAGE_READWRITE, w.PAGE_EXECUTE_READ,
+            w.PAGE_EXECUTE_READWRITE)
+WRITABLE = (w.PAGE_READWRITE, w.PAGE_EXECUTE_READWRITE)
+results = []
+current = [None]
+
+def new_allocation_works(base):
+    # Where VirtualQuery says the parent's allocation is gone, the child can
+    # allocate there; anywhere, a new allocation of its own is tracked.
+    if base and w.VirtualQuery(base).State == w.MEM_FREE:
+        a = w.VirtualAlloc(base, 16 * P, MEM, w.PAGE_READWRITE)
+        assert a == base, ("free per VirtualQuery, refused by VirtualAlloc",
+                           hex(base), w.GetLastError())
+    else:
+        a = w.VirtualAlloc(0, 16 * P, MEM, w.PAGE_READWRITE)
+        assert a, w.GetLastError()
+    ctypes.memset(a + 5 * P, 1, 1)
+    out = np.zeros(16, np.uint64)
+    rc, n, _ = w.GetWriteWatch(w.WRITE_WATCH_FLAG_RESET, a, 16 * P, out, 16)
+    assert (rc, [int(x) - a for x in out[:n]]) == (0, [5 * P]), (
+        hex(rc), w.GetLastError(), out[:n])
+    assert w.VirtualFree(a, 0, w.MEM_RELEASE), w.GetLastError()
+
+def query_is_true(base):
+    # Every page VirtualQuery calls readable (writable) can be read (written):
+    # the child's copy, so writing it is allowed.
+    for p in range(16) if base else ():
+        q = w.VirtualQuery(base + p * P)
+        if q.State == w.MEM_COMMIT and q.Protect in READABLE:
+            ctypes.string_at(base + p * P, 1)
+        if q.State == w.MEM_COMMIT and q.Protect in WRITABLE:
+            ctypes.memset(base + p * P + 9, 3, 1)
+
+def hook(frame, event, arg):
+    if not frame.f_code.co_filename.endswith(OURS):
+        return
+    what, base = current[0]
+    sys.setprofile(None)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            signal.alarm(10)            # a hang ends the child (SIGALRM)
+            try:
+                globals()[CHECK](base)
+            except BaseException as e:
+                name = getattr(arg, "__qualname__", None) or frame.f_code.co_name
+                os.write(2, ("%s, at %s %s: %r\n" % (what, event, name, e)).encode())
+                code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        results.append((what, event, os.waitstatus_to_exitcode(status)))
+    finally:
+        sys.setprofile(hook)
+
+def traced(what, base, fn, *args):
+    current[0] = (what, base)
+    sys.setprofile(hook)
+    try:
+        return fn(*args)
+    finally:
+        sys.setprofile(None)
+
+a = traced("reserve", 0, w.VirtualAlloc, 0, 16 * P, MEM, w.PAGE_READWRITE)
+assert a and w._backend_of(a) == sys.argv[1], (a, w.GetLastError())
+ctypes.memset(a + 2 * P, 1, 1)
+assert traced("protect read-only", a, w.VirtualProtect, a, 4 * P, w.PAGE_READONLY)[0]
+assert traced("protect back", a, w.VirtualProtect, a, 4 * P, w.PAGE_READWRITE)[0]
+assert traced("protect no-access", a, w.VirtualProtect, a + 12 * P, 2 * P,
+              w.PAGE_NOACCESS)[0]
+assert traced("decommit", a, w.VirtualFree, a + 8 * P, 4 * P, w.MEM_DECOMMIT)
+assert traced("commit", a, w.VirtualAlloc, a + 8 * P, 4 * P, w.MEM_COMMIT,
+              w.PAGE_READWRITE) == a + 8 * P
+out = np.zeros(16, np.uint64)
+assert traced("get and reset", a, w.GetWriteWatch, 1, a, 16 * P, out, 16)[:2] == (0, 1)
+assert traced("release", a, w.VirtualFree, a, 0, w.MEM_RELEASE)
+print(json.dumps({"forks": len(results), "failed": [r for r in results if r[2]]}))
+"""
+
+
+def _fork_at_every_step(backend, check):
+    require_backend(backend)
+    p = run_python(FORK_AT_EVERY_STEP, argv=[backend, check],
+                   env={"WRITEWATCH_BACKEND": backend}, timeout=240)
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert res["forks"] >= 100, res
+    assert res["failed"] == [], "%d of %d fork points failed\n%s" % (
+        len(res["failed"]), res["forks"], output(p))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_1_fork_at_any_step_of_a_win32_call_leaves_the_child_working(backend):
+    """Found by the kernel matrix (a flaky test_1 under TCG): a fork while
+    another thread was in VirtualFree(MEM_RELEASE), between closing the
+    region and taking it out of the allocation table, left the child a stale
+    entry.  The child's next allocation at those addresses (where mmap puts
+    it, or asked for explicitly) was then refused (487) or shadowed
+    (GetWriteWatch 87, VirtualFree 487).  About 2 % of forks natively."""
+    _fork_at_every_step(backend, "new_allocation_works")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bug, reported to the lead: win32 calls change the memory before the "
+    "allocation table (VirtualFree(MEM_DECOMMIT): region._decommit, then "
+    "set_state; VirtualProtect: region._protect, then set_state), so a fork "
+    "between the two leaves the child a table more permissive than its "
+    "memory: VirtualQuery says committed read/write where the pages are "
+    "PROT_NONE or read-only, and following it crashes the child (SIGSEGV)"))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_1_fork_at_any_step_of_a_win32_call_leaves_virtualquery_true(backend):
+    _fork_at_every_step(backend, "query_is_true")
+
+
 # -- 2. decommit/commit racing GetWriteWatch: nothing written, nothing reported -------
 
 DECOMMIT_VS_GET = r"""
