@@ -246,14 +246,17 @@ def test_1_fork_at_any_step_of_a_win32_call_leaves_the_child_working(backend):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "bug, reported to the lead: win32 calls change the memory before the "
-    "allocation table (VirtualFree(MEM_DECOMMIT): region._decommit, then "
-    "set_state; VirtualProtect: region._protect, then set_state), so a fork "
-    "between the two leaves the child a table more permissive than its "
-    "memory: VirtualQuery says committed read/write where the pages are "
-    "PROT_NONE or read-only, and following it crashes the child (SIGSEGV)"))
+    "bug (left to the lead): decommit and VirtualProtect change the memory before "
+    "the allocation table; a child forked in between follows VirtualQuery and crashes"))
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_1_fork_at_any_step_of_a_win32_call_leaves_virtualquery_true(backend):
+    """VirtualFree(MEM_DECOMMIT) calls region._decommit, then
+    alloc.set_state; VirtualProtect region._protect, then set_state.  A
+    fork between the two leaves the child a table more permissive than its
+    memory: VirtualQuery says committed read/write where the pages are
+    PROT_NONE (decommit, no-access) or read-only, and reading or writing
+    them as it says kills the child with SIGSEGV.  (Commit is safe: memory
+    first, table second errs the other way.)"""
     _fork_at_every_step(backend, "query_is_true")
 
 
