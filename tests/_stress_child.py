@@ -5,18 +5,21 @@ reported that nobody wrote.  Run by tests/test_stress.py in a child process
     python tests/_stress_child.py --backend pagemap --seconds 60
     python tests/_stress_child.py --backend uffd --seconds 2 --self-test drop   # must fail
 
-All at once, for --seconds: on a plain Region and on a MEM_WRITE_WATCH win32
-allocation, three writer threads each (a numpy store under the GIL, a
-ctypes.memmove without it, and a kernel write -- os.readv from a pipe --
-where the backend lets the kernel write into clean pages; a second numpy
-writer where it does not), one collector per target looping on gets (with
-and without reset, truncated by a count, over sub-ranges) and resets; on the
-allocation a manager thread decommitting and recommitting chunks and calling
-VirtualProtect (read/write over spans the writers are writing, read-only
-and no-access round trips on chunks they are kept out of); and a thread
-forking children that write their copy, must find the parent's tracking
-refused, and check regions of their own.  One JSON line of figures at the
-end; exit status 0 only if nothing was violated.
+All at once: on a plain Region and on a MEM_WRITE_WATCH win32 allocation,
+three writer threads each (a numpy store under the GIL, a ctypes.memmove
+without it, and a kernel write -- os.readv from a pipe -- where the backend
+lets the kernel write into clean pages; a second numpy writer where it does
+not), one collector per target looping on gets (with and without reset,
+truncated by a count, over sub-ranges) and resets; on the allocation a
+manager thread decommitting and recommitting chunks and calling
+VirtualProtect (read/write over spans the writers are writing, read-only and
+no-access round trips on chunks they are kept out of, commits over committed
+chunks); a thread making, checking and releasing small allocations beside
+it; and a thread forking children that write their copy, must find the
+parent's tracking refused, and check regions and allocations of their own.
+The run lasts --seconds, and on until every kind of operation was made
+(--min-ops), up to --cap.  One JSON line of figures at the end (--json);
+exit status 0 only if nothing was violated.
 
 The checks -- writewatch/soak.py's two invariants, extended soundly
 (they never fire on a correct backend, whatever the schedule):
@@ -273,8 +276,6 @@ class Books:
 class Target:
     """What the writers, the collector and the fork children share."""
 
-    kinds = ()
-
     def __init__(self, name, npages, base, backend, seed, self_test):
         # softdirty's documented limits: a write made without the GIL racing a
         # reset can be lost (so only numpy stores, which hold it), and pages
@@ -351,33 +352,36 @@ class Target:
 
     # -- collector -------------------------------------------------------------
 
+    # One cycle of the collector's operations, shuffled each time round: 1 in
+    # 50 a reset of everything, 1 a reset of a sub-range, 5 gets without
+    # reset, 9 get-and-resets of a sub-range, 34 of everything; 5 of the 48
+    # gets truncated by a count of 1 to 16.
+    COLLECTOR_CYCLE = ([("reset", False)] + [("reset", True)]
+                       + [("get", False, False)] * 5 + [("get", True, True)] * 9
+                       + [("get", True, False)] * 34)
+    TRUNCATED = 5
+
     def collector(self, stop):
         rng = random.Random(self.rng.random())
+        n = self.npages
         try:
             while not stop.is_set():
-                self.one_op(rng)
+                cycle = list(self.COLLECTOR_CYCLE)
+                rng.shuffle(cycle)
+                gets = [i for i, op in enumerate(cycle) if op[0] == "get"]
+                truncated = set(rng.sample(gets, self.TRUNCATED))
+                for i, op in enumerate(cycle):
+                    first, last = 0, n
+                    if op[-1]:                      # a sub-range
+                        first = rng.randrange(n)
+                        last = rng.randrange(first + 1, n + 1)
+                    if op[0] == "reset":
+                        self.op_reset(first, last)
+                    else:
+                        limit = rng.randint(1, 16) if i in truncated else None
+                        self.op_get(first, last, op[1], limit)
         except BaseException as e:
             self.books.errors.append("%s collector: %r" % (self.books.name, e))
-
-    def one_op(self, rng):
-        """One collector operation: 2 % a reset (half of them of a sub-range),
-        10 % a get without reset, 18 % a get-and-reset of a sub-range, the rest
-        a get-and-reset of everything; a tenth of the gets truncated by a
-        count of 1 to 16."""
-        n = self.npages
-        x = rng.random()
-        first = rng.randrange(n)
-        sub = (first, rng.randrange(first + 1, n + 1))
-        if x < 0.02:
-            self.op_reset(*(sub if x < 0.01 else (0, n)))
-            return
-        limit = rng.randint(1, 16) if rng.random() < 0.1 else None
-        if x < 0.12:
-            self.op_get(0, n, False, limit)
-        elif x < 0.30:
-            self.op_get(*sub, True, limit)
-        else:
-            self.op_get(0, n, True, limit)
 
     def op_get(self, first, last, reset, limit):
         b = self.books
@@ -475,6 +479,7 @@ class Win32Target(Target):
             raise RuntimeError("allocation on %s, not %s" % (w._backend_of(base), backend))
         super().__init__("win32", WIN32_PAGES, base, backend, seed, self_test)
         self.chunks = [_Chunk() for _ in range(WIN32_PAGES // CHUNK)]
+        self.manager_ops = 0
         self.out = np.zeros(WIN32_PAGES, np.uint64)
 
     def may_write(self, p):
@@ -498,50 +503,94 @@ class Win32Target(Target):
 
     # -- the manager --------------------------------------------------------------
 
+    # One cycle of the manager's operations, shuffled each time round, so that
+    # even a short (or slow) run has every kind.
+    MANAGER_CYCLE = (["decommit"] * 5 + ["commit"] * 5 + ["protect span"] * 5
+                     + ["round trip"] * 2 + ["commit over committed"])
+
     def manager(self, stop):
         rng = random.Random(self.rng.random())
         b = self.books
         try:
             while not stop.is_set():
-                x = rng.random()
-                c = rng.randrange(len(self.chunks))
-                chunk = self.chunks[c]
-                pages = np.arange(c * CHUNK, (c + 1) * CHUNK)
-                if x < 0.30:
-                    with chunk:
-                        if chunk.ok:
-                            self.decommit(pages)
-                            chunk.ok = False
-                elif x < 0.60:
-                    with chunk:
-                        if not chunk.ok:
-                            self.commit(pages)
-                            chunk.ok = True
-                elif x < 0.85:
-                    # read/write over a span the writers keep writing: a
-                    # VirtualProtect racing writes latches what was written
-                    first = rng.randrange(self.npages)
-                    last = min(self.npages, first + rng.randint(1, 3 * CHUNK))
-                    self.protect(np.arange(first, last), w.PAGE_READWRITE, may_fail=True)
-                elif x < 0.95:
-                    with chunk:
-                        if chunk.ok:
-                            chunk.ok = False        # the writers keep out meanwhile
-                            self.protect(pages, rng.choice([w.PAGE_READONLY,
-                                                            w.PAGE_NOACCESS]))
-                            time.sleep(0)
-                            self.protect(pages, w.PAGE_READWRITE)
-                            chunk.ok = True
-                            b.f["read-only / no-access round trips"] += 1
-                elif chunk.ok:
-                    # commit over committed pages: contents and written state kept
-                    if w.VirtualAlloc(self.base + c * CHUNK * PAGE, CHUNK * PAGE,
-                                      w.MEM_COMMIT, w.PAGE_READWRITE) == 0:
-                        raise OSError("VirtualAlloc(MEM_COMMIT) over committed pages: "
-                                      "error %d" % w.GetLastError())
-                    b.f["commits over committed pages"] += 1
+                cycle = list(self.MANAGER_CYCLE)
+                rng.shuffle(cycle)
+                for op in cycle:
+                    self.manager_op(op, rng)
+                    self.manager_ops += 1
         except BaseException as e:
             b.errors.append("win32 manager: %r" % (e,))
+
+    def manager_op(self, op, rng):
+        b = self.books
+        committed = [c for c, chunk in enumerate(self.chunks) if chunk.ok]
+        reserved = [c for c, chunk in enumerate(self.chunks) if not chunk.ok]
+        if op == "decommit" and committed:
+            c = rng.choice(committed)
+            with self.chunks[c]:
+                self.decommit(self.chunk_pages(c))
+                self.chunks[c].ok = False
+        elif op == "commit" and reserved:
+            c = rng.choice(reserved)
+            with self.chunks[c]:
+                self.commit(self.chunk_pages(c))
+                self.chunks[c].ok = True
+        elif op == "protect span":
+            # read/write over a span the writers keep writing: a VirtualProtect
+            # racing writes latches what was written (refused where the span
+            # meets a decommitted chunk)
+            first = rng.randrange(self.npages)
+            last = min(self.npages, first + rng.randint(1, 3 * CHUNK))
+            self.protect(np.arange(first, last), w.PAGE_READWRITE, may_fail=True)
+        elif op == "round trip" and committed:
+            c = rng.choice(committed)
+            chunk = self.chunks[c]
+            with chunk:
+                chunk.ok = False                # the writers keep out meanwhile
+                self.protect(self.chunk_pages(c),
+                             rng.choice([w.PAGE_READONLY, w.PAGE_NOACCESS]))
+                time.sleep(0)
+                self.protect(self.chunk_pages(c), w.PAGE_READWRITE)
+                chunk.ok = True
+            b.f["read-only / no-access round trips"] += 1
+        elif op == "commit over committed" and committed:
+            # contents and written state kept
+            c = rng.choice(committed)
+            if w.VirtualAlloc(self.base + c * CHUNK * PAGE, CHUNK * PAGE,
+                              w.MEM_COMMIT, w.PAGE_READWRITE) == 0:
+                raise OSError("VirtualAlloc(MEM_COMMIT) over committed pages: "
+                              "error %d" % w.GetLastError())
+            b.f["commits over committed pages"] += 1
+
+    def allocator(self, stop):
+        """Allocations made, written, checked and released in a loop, beside
+        the big one: fork children meet releases in flight."""
+        b = self.books
+        out = np.zeros(16, np.uint64)
+        count = 0
+        try:
+            while not stop.is_set():
+                a = w.VirtualAlloc(0, 16 * PAGE, w.MEM_RESERVE | w.MEM_COMMIT
+                                   | w.MEM_WRITE_WATCH, w.PAGE_READWRITE)
+                if not a:
+                    raise OSError("VirtualAlloc: error %d" % w.GetLastError())
+                ctypes.memset(a + 3 * PAGE, 1, 1)
+                rc, n, _ = w.GetWriteWatch(0, a, 16 * PAGE, out, 16)
+                if (rc, [int(x) - a for x in out[:n]]) != (0, [3 * PAGE]):
+                    b.violation("a fresh allocation written at page 3 reports %s (%#x)"
+                                % ([(int(x) - a) // PAGE for x in out[:n]], rc),
+                                "fresh allocation wrong")
+                if not w.VirtualFree(a, 0, w.MEM_RELEASE):
+                    raise OSError("VirtualFree(MEM_RELEASE): error %d" % w.GetLastError())
+                count += 1
+        except BaseException as e:
+            b.errors.append("win32 allocator: %r" % (e,))
+        finally:
+            b.f["allocations made and released"] += count
+
+    @staticmethod
+    def chunk_pages(c):
+        return np.arange(c * CHUNK, (c + 1) * CHUNK)
 
     def decommit(self, pages):
         b = self.books
@@ -667,8 +716,15 @@ def forker(backend, region_target, win32_target, stop, figures, errors):
 
 # -- the run --------------------------------------------------------------------------------
 
-def run(backend, seconds, seed, self_test=None, fork=True):
+def run(backend, seconds, seed, self_test=None, fork=True, min_ops=100, cap=None):
+    """Run for `seconds`, and on until each collector has made `min_ops`
+    operations, the manager `min_ops` // 2 and one fork child has finished
+    -- with --self-test, until the falsified results have been caught --
+    but no longer than `cap` seconds (then it is an error: too slow to
+    check anything)."""
     os.environ["WRITEWATCH_BACKEND"] = backend          # for the win32 allocations
+    if cap is None:
+        cap = max(10 * seconds, 120)
     targets = [RegionTarget(backend, seed, self_test),
                Win32Target(backend, seed + 1, self_test)]
     region_target, win32_target = targets
@@ -680,20 +736,40 @@ def run(backend, seconds, seed, self_test=None, fork=True):
                for t in targets for i in range(len(t.kinds))]
     others = [threading.Thread(target=t.collector, args=(stop_others,), daemon=True)
               for t in targets]
-    others.append(threading.Thread(target=win32_target.manager, args=(stop_others,),
-                                   daemon=True))
+    others += [threading.Thread(target=fn, args=(stop_others,), daemon=True)
+               for fn in (win32_target.manager, win32_target.allocator)]
     if fork:
         others.append(threading.Thread(target=forker, daemon=True, args=(
             backend, region_target, win32_target, stop_others, fork_figures, fork_errors)))
+    falsified = [t for t in targets if self_test != "unlatch" or t is win32_target]
+
+    def enough():
+        if self_test:
+            return all(t.books.violations for t in falsified)
+        return (all(t.books.ops >= min_ops for t in targets)
+                and win32_target.manager_ops >= min_ops // 2
+                and (not fork or fork_figures["fork children ok"] >= 1))
+
     switch = sys.getswitchinterval()
+    # Finer thread switching than the default 5 ms: more interleavings.
     sys.setswitchinterval(0.0005)
     t0 = time.monotonic()
     for t in writers + others:
         t.start()
+    errors = []
     try:
-        while time.monotonic() - t0 < seconds:
-            time.sleep(min(0.2, max(0.0, seconds - (time.monotonic() - t0))))
+        while True:
+            time.sleep(0.1)
+            elapsed = time.monotonic() - t0
             if fork_errors or any(t.books.errors for t in targets):
+                break
+            if elapsed >= seconds and enough():
+                break
+            if elapsed >= cap:
+                errors.append("still not enough done after %.0f s (collectors %s ops, "
+                              "manager %d, fork children %d): too slow to check"
+                              % (elapsed, [t.books.ops for t in targets],
+                                 win32_target.manager_ops, fork_figures["fork children ok"]))
                 break
     finally:
         stop_writers.set()
@@ -711,29 +787,40 @@ def run(backend, seconds, seed, self_test=None, fork=True):
         t.close()
     lanes = [t.books.summary() for t in targets]
     violations = sum(x["violations"] for x in lanes)
-    errors = sum(len(x["errors"]) for x in lanes) + len(fork_errors)
+    errors += fork_errors[:MAX_KEPT]
+    nerrors = sum(len(x["errors"]) for x in lanes) + len(errors)
+    operations = sum(x.get(k, 0) for x in lanes for k in OPERATIONS) + fork_figures["forks"]
     return {"backend": backend, "seconds": round(elapsed, 2), "seed": seed,
             "kernel_writes_supported": region_target.kernel_ok,
-            "writers": list(region_target.kinds),
+            "writers": list(region_target.kinds), "operations": operations,
             "targets": lanes, "forks": fork_figures["forks"],
             "fork_children_ok": fork_figures["fork children ok"],
-            "fork_errors": fork_errors[:MAX_KEPT],
-            "violations": violations, "errors": errors,
-            "ok": violations == 0 and errors == 0}
+            "errors_outside_targets": errors,
+            "violations": violations, "errors": nerrors,
+            "ok": violations == 0 and nerrors == 0}
 
+
+# What counts as an operation in the figures (plus each fork).
+OPERATIONS = ["writes", "gets", "resets", "decommits", "commits", "VirtualProtects",
+              "commits over committed pages", "allocations made and released"]
 
 FIGURES = ["violations: lost write", "violations: reported, not written",
-           "violations: malformed result", "violations: wrong contents", "writes", "numpy writes", "ctypes writes", "kernel writes", "gets",
-           "gets with reset", "gets without reset", "truncated gets", "sub-range gets",
-           "resets", "pages reported", "pages reported from a latch", "decommits", "commits", "VirtualProtects",
-           "read-only / no-access round trips"]
+           "violations: malformed result", "violations: wrong contents",
+           "violations: fresh allocation wrong",
+           "writes", "numpy writes", "ctypes writes", "kernel writes",
+           "gets", "gets with reset", "gets without reset", "truncated gets",
+           "sub-range gets", "resets", "pages reported", "pages reported from a latch",
+           "decommits", "commits", "VirtualProtects", "read-only / no-access round trips",
+           "commits over committed pages", "allocations made and released",
+           "pages reported but not written (softdirty's documented false positives)"]
 
 
 def format_report(rep):
-    lines = ["writewatch stress: %s, %.1f s, seed %d, kernel writes %s"
-             % (rep["backend"], rep["seconds"], rep["seed"],
-                "on" if rep["kernel_writes_supported"]
-                else "off (EFAULT into clean pages on this backend)")]
+    lines = ["writewatch stress: %s, %.1f s, seed %d, %d operations, kernel writes %s"
+             % (rep["backend"], rep["seconds"], rep["seed"], rep["operations"],
+                "on" if "kernel" in rep["writers"] else
+                "off (EFAULT into clean pages on this backend)" if not
+                rep["kernel_writes_supported"] else "off (softdirty: numpy writers only)")]
     for lane in rep["targets"]:
         shown = ", ".join("%s %d" % (k, lane[k]) for k in FIGURES if lane.get(k))
         lines.append("  %-6s %4d pages: %s; %d violation(s)"
@@ -743,7 +830,7 @@ def format_report(rep):
         for e in lane["errors"]:
             lines.append("    ERROR: " + e)
     lines.append("  forks %d, children ok %d" % (rep["forks"], rep["fork_children_ok"]))
-    for e in rep["fork_errors"]:
+    for e in rep["errors_outside_targets"]:
         lines.append("    ERROR: " + e)
     lines.append("RESULT: %s (%d violation(s), %d error(s))"
                  % ("ok" if rep["ok"] else "FAILED", rep["violations"], rep["errors"]))
@@ -757,11 +844,16 @@ def main(argv=None):
     ap.add_argument("--seed", type=int)
     ap.add_argument("--self-test", choices=["drop", "extra", "unlatch"],
                     help="falsify results on purpose (the run must then fail)")
+    ap.add_argument("--min-ops", type=int, default=100,
+                    help="go on past --seconds until each collector made this many")
+    ap.add_argument("--cap", type=float, help="but never longer (default: 10 x --seconds, "
+                    "at least 120)")
     ap.add_argument("--no-fork", action="store_true", help="no forking thread")
     ap.add_argument("--json", action="store_true", help="end with the report as one JSON line")
     args = ap.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
-    rep = run(args.backend, args.seconds, seed, args.self_test, fork=not args.no_fork)
+    rep = run(args.backend, args.seconds, seed, args.self_test, fork=not args.no_fork,
+              min_ops=args.min_ops, cap=args.cap)
     print(format_report(rep), flush=True)
     if args.json:
         print(json.dumps(rep), flush=True)
