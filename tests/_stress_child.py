@@ -530,9 +530,11 @@ class Win32Target(Target):
             with self.chunks[c]:
                 self.decommit(self.chunk_pages(c))
                 self.chunks[c].ok = False
-        elif op == "commit" and reserved:
-            c = rng.choice(reserved)
+        elif op == "commit":
+            c = rng.choice(reserved or committed)
             with self.chunks[c]:
+                if not reserved:                # nothing to commit yet: make some
+                    self.decommit(self.chunk_pages(c))
                 self.commit(self.chunk_pages(c))
                 self.chunks[c].ok = True
         elif op == "protect span":
@@ -574,7 +576,10 @@ class Win32Target(Target):
                                    | w.MEM_WRITE_WATCH, w.PAGE_READWRITE)
                 if not a:
                     raise OSError("VirtualAlloc: error %d" % w.GetLastError())
-                ctypes.memset(a + 3 * PAGE, 1, 1)
+                # A store under the GIL: on softdirty a write made without it
+                # (ctypes.memset) can be lost to another thread's reset, a
+                # documented limit (found so under Linux 6.1 and 6.12).
+                ctypes.c_uint8.from_address(a + 3 * PAGE).value = 1
                 rc, n, _ = w.GetWriteWatch(0, a, 16 * PAGE, out, 16)
                 if (rc, [int(x) - a for x in out[:n]]) != (0, [3 * PAGE]):
                     b.violation("a fresh allocation written at page 3 reports %s (%#x)"
@@ -716,7 +721,7 @@ def forker(backend, region_target, win32_target, stop, figures, errors):
 
 # -- the run --------------------------------------------------------------------------------
 
-def run(backend, seconds, seed, self_test=None, fork=True, min_ops=100, cap=None):
+def run(backend, seconds, seed, self_test=None, fork=True, min_ops=50, cap=None):
     """Run for `seconds`, and on until each collector has made `min_ops`
     operations, the manager `min_ops` // 2 and one fork child has finished
     -- with --self-test, until the falsified results have been caught --
@@ -724,7 +729,7 @@ def run(backend, seconds, seed, self_test=None, fork=True, min_ops=100, cap=None
     check anything)."""
     os.environ["WRITEWATCH_BACKEND"] = backend          # for the win32 allocations
     if cap is None:
-        cap = max(10 * seconds, 120)
+        cap = max(10 * seconds, 300)
     targets = [RegionTarget(backend, seed, self_test),
                Win32Target(backend, seed + 1, self_test)]
     region_target, win32_target = targets
@@ -844,10 +849,11 @@ def main(argv=None):
     ap.add_argument("--seed", type=int)
     ap.add_argument("--self-test", choices=["drop", "extra", "unlatch"],
                     help="falsify results on purpose (the run must then fail)")
-    ap.add_argument("--min-ops", type=int, default=100,
-                    help="go on past --seconds until each collector made this many")
+    ap.add_argument("--min-ops", type=int, default=50,
+                    help="go on past --seconds until each collector made this many "
+                    "(50: one cycle of every kind)")
     ap.add_argument("--cap", type=float, help="but never longer (default: 10 x --seconds, "
-                    "at least 120)")
+                    "at least 300)")
     ap.add_argument("--no-fork", action="store_true", help="no forking thread")
     ap.add_argument("--json", action="store_true", help="end with the report as one JSON line")
     args = ap.parse_args(argv)

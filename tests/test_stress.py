@@ -28,7 +28,7 @@ CHILD = os.path.join(TESTS, "_stress_child.py")
 SECONDS = float(os.environ.get("WRITEWATCH_STRESS_SECONDS", "3"))
 
 
-CAP = max(10 * SECONDS, 120)    # the child goes on until enough is done, up to this
+CAP = max(10 * SECONDS, 300)    # the child goes on until enough is done, up to this
 
 
 def stress(backend, seconds, *args, returncode=0):
