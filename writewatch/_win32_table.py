@@ -21,7 +21,8 @@ Each allocation keeps, under its own lock:
 The table itself -- (sorted bases, allocations) -- is replaced, never
 mutated, so lookups read it without a lock; changes to it take the table
 lock.  Every lock here is made anew in a child after fork(), where the
-threads that might have held one do not exist.
+threads that might have held one do not exist, and an allocation such a
+thread had released but not yet taken out of the table is dropped from it.
 """
 
 import bisect
@@ -192,10 +193,18 @@ def remove(alloc):
 
 
 def _after_fork_in_child():
-    global table_lock
+    global table_lock, _table
     table_lock = threading.Lock()
     for a in list(_all):
         a.lock = threading.Lock()
+    # A thread caught in VirtualFree(MEM_RELEASE) between closing the region
+    # and removing the allocation leaves a closed one in the table; in the
+    # child that thread never finishes, and the stale entry would refuse or
+    # shadow the child's own allocations at those addresses.
+    bases, allocs = _table
+    if any(a.region.closed for a in allocs):
+        live = tuple(a for a in allocs if not a.region.closed)
+        _table = (tuple(a.base for a in live), live)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
