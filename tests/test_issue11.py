@@ -246,18 +246,16 @@ def test_1_fork_at_any_step_of_a_win32_call_leaves_the_child_working(backend):
     _fork_at_every_step(backend, "new_allocation_works")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug (left to the lead): decommit and VirtualProtect change the memory before "
-    "the allocation table; a child forked in between follows VirtualQuery and crashes"))
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_1_fork_at_any_step_of_a_win32_call_leaves_virtualquery_true(backend):
-    """VirtualFree(MEM_DECOMMIT) calls region._decommit, then
-    alloc.set_state; VirtualProtect region._protect, then set_state.  A
-    fork between the two leaves the child a table more permissive than its
-    memory: VirtualQuery says committed read/write where the pages are
+    """Before the fix VirtualFree(MEM_DECOMMIT) called region._decommit,
+    then alloc.set_state; VirtualProtect region._protect, then set_state.  A
+    fork between the two left the child a table more permissive than its
+    memory: VirtualQuery said committed read/write where the pages were
     PROT_NONE (decommit, no-access) or read-only, and reading or writing
-    them as it says kills the child with SIGSEGV.  (Commit is safe: memory
-    first, table second errs the other way.)"""
+    them as it said killed the child with SIGSEGV.  Now a call that takes a
+    permission away records that in the table first (win32._narrow_first);
+    a commit arms memory first, then the table, which errs the safe way."""
     _fork_at_every_step(backend, "query_is_true")
 
 

@@ -23,6 +23,9 @@ mutated, so lookups read it without a lock; changes to it take the table
 lock.  Every lock here is made anew in a child after fork(), where the
 threads that might have held one do not exist, and an allocation such a
 thread had released but not yet taken out of the table is dropped from it.
+Such a thread may also have been between a change of memory and the table's
+record of it: win32 orders the two so that the table is never more
+permissive than the memory (win32._narrow_first).
 """
 
 import bisect

@@ -421,17 +421,38 @@ def _commit(address, size, protect):
                 if state != _tab.COMMITTED:
                     region._commit(s, e - s, prot)
                     done.append((s, e))
+            _narrow_first(alloc, runs, protect)
             for s, e, state, _ in runs:
                 if state == _tab.COMMITTED:
                     region._protect(s, e - s, prot)
         except BaseException:
             for s, e in done:
                 region._decommit(s, e - s)
+            _restore_runs(alloc, runs)
             raise
         alloc.set_state(start, end, _tab.COMMITTED, protect)
         return start
     finally:
         alloc.lock.release()
+
+
+def _narrow_first(alloc, runs, protect):
+    """Before memory loses a permission, the table loses it: each committed
+    run of `runs` is recorded with what its old and its new protection both
+    allow.  Memory changes next, the table takes `protect` last.  A fork
+    from another thread at any point between leaves the child a table never
+    more permissive than its memory, so the child can act on VirtualQuery
+    (the table is the child's only source; the lock is reset there)."""
+    for s, e, state, old in runs:
+        if state == _tab.COMMITTED and old != protect:
+            both = _PROT[old] & _PROT[protect]
+            if both != _PROT[old]:
+                alloc.set_state(s, e, _tab.COMMITTED, _protect_from_prot(both))
+
+
+def _restore_runs(alloc, runs):
+    for s, e, state, protect in runs:
+        alloc.set_state(s, e, state, protect)
 
 
 @_win32_errors(0)
@@ -504,8 +525,15 @@ def VirtualFree(address, size, free_type):
         if end > alloc.end:
             return _fail(ERROR_INVALID_ADDRESS, False)
         for s, e in alloc.committed_in(start, end):
-            alloc.region._decommit(s, e - s)
+            # The table first: a fork in between leaves the child a table
+            # that is never more permissive than its memory (_narrow_first).
+            saved = alloc.runs_in(s, e)
             alloc.set_state(s, e, _tab.RESERVED, 0)
+            try:
+                alloc.region._decommit(s, e - s)
+            except BaseException:
+                _restore_runs(alloc, saved)
+                raise
         return True
     finally:
         alloc.lock.release()
@@ -557,7 +585,13 @@ def VirtualProtect(address, size, new_protect):
         region = alloc.region
         if alloc.watch:
             alloc.latched.update(int(a) for a in region._written_of_runs([(start, end)]))
-        region._protect(start, end - start, _PROT[new_protect])
+        runs = alloc.runs_in(start, end)
+        _narrow_first(alloc, runs, new_protect)
+        try:
+            region._protect(start, end - start, _PROT[new_protect])
+        except BaseException:
+            _restore_runs(alloc, runs)
+            raise
         alloc.set_state(start, end, _tab.COMMITTED, new_protect)
         return True, old
     finally:
