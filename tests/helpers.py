@@ -31,7 +31,7 @@ Shared checks and settings::
     results, writes = writer_threads_vs_resets(region, npages, rounds)  # writers vs resets
     check_accounting(npages, results, writes)    # every write reported, every report written
     hypothesis_settings()                        # the example counts ($WRITEWATCH_HYPOTHESIS)
-    Tally()                                      # what a state machine ran, for the README
+    Tally()                                      # what a state machine ran, for docs/reliability.md
 
 Child interpreters -- anything that may crash, hang, fork, change the whole
 process or use up a resource runs in one::
@@ -180,8 +180,8 @@ def hypothesis_settings():
 
 class Tally:
     """Counts what a state machine did: sequences (one per machine run,
-    shrinking included) and steps (rules executed), for the README's
-    figures.  With $WRITEWATCH_RELIABILITY_LOG set, each test appends one
+    shrinking included) and steps (rules executed), for the figures in
+    docs/reliability.md.  With $WRITEWATCH_RELIABILITY_LOG set, each test appends one
     JSON line there."""
 
     def __init__(self):

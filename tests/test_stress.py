@@ -8,7 +8,7 @@ fork children; the child script's docstring has the argument.
 
 CI runs a few seconds per backend (longer where a slow machine needs it to
 reach a minimum of operations of every kind).  For a long run, printing the figures
-for the README's reliability table::
+for the table in docs/reliability.md::
 
     WRITEWATCH_STRESS_SECONDS=300 python -m pytest -s tests/test_stress.py
 

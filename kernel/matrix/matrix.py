@@ -41,16 +41,16 @@ RESULTS_MD = os.path.join(HERE, "results.md")
 if __name__ == "__main__":
     sys.path.insert(0, CHECKOUT)    # the guests run this checkout's build: so do we
 try:
-    # The backends in preference order, as registered in writewatch/_core.pyx,
-    # and the one TAP parser (the C selftest's output).
+    # The backends in preference order (BACKEND_NAMES, written once in
+    # writewatch/_registry.pxi) and the one TAP parser (the C selftest's output).
     from writewatch._core import BACKEND_NAMES as BACKENDS
     from writewatch import _selftest
 except ImportError as e:
     if __name__ != "__main__":
         raise
     sys.exit("matrix: error: the guests run writewatch with this Python (%s), which cannot "
-             "import it from %s: %s\n(build it there with `python setup.py build_ext "
-             "--inplace`, with writewatch's requirements installed)"
+             "import it from %s: %s\n(build it there: `pip install -e '.[test]'` in a virtual "
+             "environment builds the extension in the checkout)"
              % (sys.executable, CHECKOUT, e))
 
 # Debian's archive, used through a private apt configuration in the cache:
