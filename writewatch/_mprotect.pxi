@@ -113,7 +113,7 @@ def _probe_mprotect():
     try:
         r = _probe_region(4 * _PAGE_SIZE, "mprotect")
     except OSError as e:
-        return False, str(e)
+        return _probe_refused(e)
     try:
         view = memoryview(r)
         view[_PAGE_SIZE] = 1
@@ -130,7 +130,7 @@ def _probe_mprotect():
                            "(got %s, %s, %s)" % ([int(a) for a in first], [int(a) for a in second],
                                                   [int(a) for a in third]))
     except OSError as e:
-        return False, str(e)
+        return _probe_refused(e)
     finally:
         r.close()
     return True, "mprotect + SIGSEGV handler (kernel writes into clean pages fail with EFAULT)"

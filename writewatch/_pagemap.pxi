@@ -266,9 +266,7 @@ def _probe_pagemap():
     try:
         r = _probe_region(2 * _PAGE_SIZE, "pagemap")
     except OSError as e:
-        if e.errno in _TRANSIENT_ERRNOS:
-            raise
-        return False, str(e)
+        return _probe_refused(e)
     try:
         view = memoryview(r)
         view[_PAGE_SIZE] = 1
@@ -281,7 +279,7 @@ def _probe_pagemap():
     except OSError as e:
         if e.errno in (ENOTTY, EINVAL):
             return False, "PAGEMAP_SCAN not supported (Linux >= 6.7 needed): %s" % e
-        return False, str(e)
+        return _probe_refused(e)
     finally:
         r.close()
     return True, "userfaultfd async write-protect + PAGEMAP_SCAN"

@@ -12,6 +12,16 @@ import errno as _errnos
 _TRANSIENT_ERRNOS = frozenset((_errnos.EMFILE, _errnos.ENFILE, _errnos.ENOMEM,
                                _errnos.EAGAIN, _errnos.EINTR))
 
+
+def _probe_refused(e):
+    """What a probe returns for an OSError: (False, reason) -- unless the
+    error is a shortage, which is raised so that _probe() does not remember
+    it."""
+    if e.errno in _TRANSIENT_ERRNOS:
+        raise e
+    return False, str(e)
+
+
 cdef dict _ENGINES = {}          # name -> (Engine subclass, probe function)
 cdef dict _PROBED = {}           # name -> (available, reason), decided once
 

@@ -112,7 +112,7 @@ def _probe_softdirty():
     try:
         r = _probe_region(_PAGE_SIZE, "softdirty")
     except OSError as e:
-        return False, str(e)
+        return _probe_refused(e)
     try:
         addr = r.address
         bits = []
@@ -123,10 +123,10 @@ def _probe_softdirty():
                 else:
                     rc = ww_sd_clear_all(&what)
                     if rc < 0:
-                        return False, str(syscall_error(-rc, what.decode("ascii")))
+                        return _probe_refused(syscall_error(-rc, what.decode("ascii")))
                 rc = ww_sd_page_bit(addr, _PAGE_SIZE)
                 if rc < 0:
-                    return False, str(syscall_error(-rc, "pread(/proc/self/pagemap)"))
+                    return _probe_refused(syscall_error(-rc, "pread(/proc/self/pagemap)"))
                 bits.append(rc)
     finally:
         r.close()

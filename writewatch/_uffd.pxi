@@ -136,11 +136,11 @@ def _probe_uffd():
     cdef const char *what = NULL
     cdef int rc = ww_uffd_ensure(&what)
     if rc < 0:
-        return False, str(syscall_error(-rc, what.decode("ascii")))
+        return _probe_refused(syscall_error(-rc, what.decode("ascii")))
     try:
         r = _probe_region(2 * _PAGE_SIZE, "uffd")
     except OSError as e:
-        return False, str(e)
+        return _probe_refused(e)
     try:
         target = r.address + _PAGE_SIZE
         rounds = []
@@ -155,7 +155,7 @@ def _probe_uffd():
                            "region (got %s, expected %s)"
                            % (rounds, [[target], [target], []]))
     except OSError as e:
-        return False, str(e)
+        return _probe_refused(e)
     finally:
         r.close()
     reason = "userfaultfd write-protect with a handler thread (Linux >= 5.7)"
