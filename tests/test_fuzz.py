@@ -15,7 +15,11 @@ CHILD = os.path.join(TESTS, "_fuzz_child.py")
 EXAMPLES = "2000" if os.environ.get("WRITEWATCH_HYPOTHESIS") == "long" else "60"
 
 REGION_FUZZERS = ["fuzz_region_new", "fuzz_get", "fuzz_reset", "fuzz_close_and_closed",
-                  "fuzz_module_functions"]
+                  "fuzz_module_functions", "sweep_many", "fuzz_many"]
+# sweep_*: every entry of the child's tables once, so that the assertions
+# below do not depend on what the fuzz happened to draw.
+SNAPSHOT_FUZZERS = ["sweep_snapshots", "fuzz_snapshots_calls", "fuzz_snapshots_new",
+                    "sweep_deltalog", "fuzz_deltalog", "fuzz_replay"]
 WIN32_FUZZERS = ["fuzz_virtual_alloc", "fuzz_virtual_free", "fuzz_virtual_release",
                  "fuzz_virtual_protect", "fuzz_virtual_query", "fuzz_get_write_watch",
                  "fuzz_reset_write_watch"]
@@ -42,6 +46,23 @@ def test_fuzz_region_api():
     assert outcomes.get("get_write_watch: TypeError", 0) > 0
     assert outcomes.get("get_write_watch: ValueError", 0) > 0
     assert outcomes.get("Region(): ok", 0) > 0
+    assert outcomes.get("get_write_watch_many: ok", 0) > 0
+    assert outcomes.get("get_write_watch_many: TypeError", 0) > 0
+    assert outcomes.get("get_write_watch_many: ValueError", 0) > 0
+
+
+def test_fuzz_snapshots_api():
+    s = run_fuzz(SNAPSHOT_FUZZERS)
+    outcomes = s["outcomes"]
+    for key in ("Snapshots(): ok", "Snapshots(): TypeError", "Snapshots.save(): ok",
+                "Snapshots.restore(): ok", "Snapshots.restore(): KeyError",
+                "Snapshots.restore(): TypeError", "Snapshots closed save: ValueError",
+                "DeltaLog(): ok", "DeltaLog(): TypeError", "DeltaLog(): CorruptLogError",
+                "DeltaLog(): BlockingIOError", "DeltaLog.append(sync=...): ok",
+                "DeltaLog.replay(): ok", "DeltaLog.replay(): TypeError",
+                "DeltaLog.replay(): ValueError", "DeltaLog.replay(): CorruptLogError",
+                "DeltaLog.replay(): FileNotFoundError"):
+        assert outcomes.get(key, 0) > 0, key
 
 
 def test_fuzz_win32_api():
