@@ -47,6 +47,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import struct
 import tempfile
 import threading
@@ -244,17 +245,20 @@ class DeltaLog:
     replaces the state (the region need not hold the log's last state);
     each later one holds the pages written since the previous append.
 
-    Raises ValueError if an existing log was made for a region of another
-    size or page size, CorruptLogError if it is damaged, and
-    BlockingIOError if another DeltaLog has it open.  Closing the region
-    closes its DeltaLogs first.
+    `path` is a str, bytes or os.PathLike (``path`` gives it back as a
+    str).  Raises ValueError if an existing log was made for a region of
+    another size or page size, CorruptLogError if it is damaged,
+    BlockingIOError if another DeltaLog has it open, and OSError for what
+    the file system refuses.  Closing the region closes its DeltaLogs
+    first.
     """
 
-    def __init__(self, path: str | os.PathLike[str], region: Region) -> None:
+    def __init__(self, path: str | bytes | os.PathLike[str] | os.PathLike[bytes],
+                 region: Region) -> None:
         if not isinstance(region, Region):
             raise TypeError("region must be a writewatch.Region, not %s"
                             % type(region).__name__)
-        self._path = os.fspath(path)
+        self._path = os.fsdecode(path)            # bytes too, as os.open takes them
         self._region = region
         self._lock = threading.Lock()
         self._fd = -1
@@ -300,7 +304,8 @@ class DeltaLog:
         try:
             fd = os.open(self._path, flags)
         except FileNotFoundError:
-            pass
+            if not self._path:
+                raise             # "" names no file (and its "directory" is not the cwd)
         else:
             if os.fstat(fd).st_size == 0:         # made empty by someone: ours to fill
                 try:
@@ -474,7 +479,8 @@ class DeltaLog:
     # -- replaying -----------------------------------------------------------
 
     @staticmethod
-    def replay(path: str | os.PathLike[str], into: Region | Buffer,
+    def replay(path: str | bytes | os.PathLike[str] | os.PathLike[bytes],
+               into: Region | Buffer,
                upto: SupportsIndex | None = None) -> int:
         """Write the state after record `upto` (default: the last complete
         record) into `into` -- a Region or any writable, contiguous buffer
@@ -486,11 +492,18 @@ class DeltaLog:
         torn tail is ignored.  Raises ValueError if `into` has another size,
         if `upto` is not a complete record's number, or if the log holds no
         complete record (nothing was appended, or the first append did not
-        complete).
+        complete); TypeError if `into` is read-only or holds Python objects
+        (a numpy object array, a ctypes py_object array: bytes written over
+        object pointers would crash the interpreter); OSError for what the
+        file system refuses.  A refused call keeps no view of `into`.
         """
-        path = os.fspath(path)
+        path = os.fsdecode(path)
         target = _Target(into)
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            target.release()      # no view of `into` outlives the call, traceback or not
+            raise
         try:
             reader = _LogReader(fd, path)
             if target.nbytes != reader.size:
@@ -529,6 +542,15 @@ class DeltaLog:
             target.release()
 
 
+_FIELD_NAMES = re.compile(r":[^:]*:")
+
+
+def _holds_objects(fmt):
+    """Whether a buffer of struct format `fmt` holds Python object pointers
+    ('O', also as a field of a structure, 'T{O:a:...}')."""
+    return "O" in _FIELD_NAMES.sub("", fmt)
+
+
 def _record_number(value):
     if isinstance(value, float) or not hasattr(type(value), "__index__"):
         raise TypeError("upto must be an integer or None, not %s" % type(value).__name__)
@@ -555,11 +577,17 @@ class _Target:
         except TypeError:
             raise TypeError("into must be a Region or a writable buffer, not %s"
                             % type(into).__name__) from None
-        if mv.readonly:
-            raise TypeError("into must be writable (a %s is read-only)" % type(into).__name__)
-        if not mv.c_contiguous:
-            raise ValueError("into must be a contiguous buffer")
-        self.mem = np.frombuffer(mv.cast("B"), dtype=np.uint8)
+        with mv:                  # released on refusal too: no view outlives the call
+            if mv.readonly:
+                raise TypeError("into must be writable (a %s is read-only)"
+                                % type(into).__name__)
+            if _holds_objects(mv.format):
+                # Bytes written over object pointers crash the interpreter.
+                raise TypeError("into must not hold Python objects (a %s of format %r)"
+                                % (type(into).__name__, mv.format))
+            if not mv.c_contiguous:
+                raise ValueError("into must be a contiguous buffer")
+            self.mem = np.frombuffer(mv.cast("B"), dtype=np.uint8)
         self.nbytes = self.mem.nbytes
 
     def zero_outside(self, reader, keep):
