@@ -191,7 +191,9 @@ def test_max_map_count_exhausted(backend):
     alone): Region creation fails cleanly, writes to existing regions and to
     regions made at the limit succeed and are reported, an existing region's
     protection change that needs a VMA split fails cleanly, and everything
-    recovers."""
+    recovers.  (On mprotect, a region made right below the witness used to
+    share its anon_vma, merge with it, and die at its first write; about
+    one run in two.)"""
     out = run_child(backend, extra="SUPERSET = %r\n" % (backend in SUPERSET_WHEN_FULL),
                     body=r'''
         w = Witness()
@@ -232,8 +234,13 @@ def test_max_map_count_exhausted(backend):
                 check(got == [attempt % 8], "a region made at the limit is exact")
             held.append((r, got))
             outcomes.append("made")
-        check(failures >= 1 and outcomes[-1] == "refused",
-              "creation refused at the limit: %s" % " ".join(outcomes))
+        # A region made at the limit took no VMA of its own, or at most the
+        # one mmap may go over: adjacent pagemap regions, registered with
+        # the process's one userfaultfd, merge into one VMA, so all eight
+        # may be made.  Otherwise the kernel refused (cleanly, above).
+        maps_now = sum(1 for _ in open("/proc/self/maps"))
+        check(failures >= 1 or maps_now <= limit + 1,
+              "at the limit: %s, %d maps of %d" % (" ".join(outcomes), maps_now, limit))
         w.intact("map count full", superset=SUPERSET)
         # A protection change of part of the witness needs a split too --
         # unless the backend's own page protections already split it there.

@@ -356,8 +356,23 @@ static struct ww_mp_region *ww_mp_arm(uintptr_t base, size_t size, size_t page,
     /* Fault one page in first, so the whole mapping gets its anon_vma now.
      * Otherwise every page first written after a split gets one of its own,
      * and the kernel can never merge the VMAs again once they are re-armed
-     * (seen on 6.18 with MAP_NORESERVE): the map count would only grow. */
-    ww_touch_page(base);
+     * (seen on 6.18 with MAP_NORESERVE): the map count would only grow.
+     * And an anon_vma of its *own*: a first fault reuses the anon_vma of an
+     * adjacent VMA whose flags match but for the access bits -- such as the
+     * region made just before, mapped right above this one -- and two
+     * read-only VMAs that share an anon_vma merge.  A region merged with a
+     * neighbour has an edge inside a VMA, and at a full vm.max_map_count
+     * the handler cannot make its runs writable there (seen on 6.18: the
+     * next write killed the process).  So the fault is taken under
+     * MADV_SEQUENTIAL, a hint no neighbour keeps, which makes the mapping
+     * incompatible with both for that moment; the whole-mapping madvise
+     * calls split nothing. */
+    if (madvise((void *)base, size, MADV_SEQUENTIAL) == 0) {
+        ww_touch_page(base);
+        madvise((void *)base, size, MADV_NORMAL);
+    } else {
+        ww_touch_page(base);
+    }
     if (mprotect((void *)base, size, PROT_READ) != 0) {
         *err = -errno;
         *what = "mprotect";

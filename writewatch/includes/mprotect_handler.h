@@ -60,10 +60,13 @@
  * fails -- as long as nothing else changes the hints of tracked pages, and
  * the region's own edges are VMA boundaries.  Its VMAs carry a name of
  * their own where the kernel has CONFIG_ANON_VMA_NAME.  Without it, two
- * neighbours with the same flags share a VMA when one of them was never
- * written (no anon_vma yet): a win32 reservation's committed pages before
- * their first write, next to another region -- and a write there at a full
- * map count still ends the process (docs/backends.md).
+ * neighbours with the same flags share a VMA when they share an anon_vma,
+ * or when one of them was never written (no anon_vma yet).  A plain region
+ * takes its first fault at arm under a hint no neighbour keeps, so that it
+ * gets an anon_vma of its own (ww_mp_arm); a win32 reservation's committed
+ * pages before their first write, next to another region, still share a
+ * VMA with it -- and a write there at a full map count still ends the
+ * process (docs/backends.md).
  */
 #ifndef WRITEWATCH_MPROTECT_HANDLER_H
 #define WRITEWATCH_MPROTECT_HANDLER_H
