@@ -419,7 +419,9 @@ def test_writes_racing_save_land_in_that_snapshot_or_the_next(make_region):
     ctypes without it) while saves run; each write notes how many saves had
     started when it was done.  Every write done before save k started must
     be in the state of save k -- at the latest in the snapshot after the
-    one it raced."""
+    one it raced.  On softdirty both writers hold the GIL: a write made
+    without it racing a reset can be lost there (its documented limit;
+    seen under Linux 6.1 in the kernel matrix)."""
     n = 64
     r = make_region(n)
     snaps = writewatch.Snapshots(r, keep=10000)
@@ -435,7 +437,7 @@ def test_writes_racing_save_land_in_that_snapshot_or_the_next(make_region):
         while not stop.is_set():
             p = rng.randrange(k, n, 2)          # writer k owns pages of its parity
             stamp += 1
-            if k == 0:
+            if k == 0 or r.backend == "softdirty":
                 view[p * PAGE // 8] = stamp
             else:
                 ctypes.memmove(r.address + p * PAGE, ctypes.byref(ctypes.c_uint64(stamp)), 8)

@@ -418,8 +418,13 @@ def test_writes_from_other_threads_are_reported(ww):
 def test_get_and_reset_under_concurrent_writes(backend, allocs):
     """Every page is written exactly once while this thread keeps collecting
     with WRITE_WATCH_FLAG_RESET and a small count: each page must be reported
-    exactly once -- resetting more than was reported (or losing a write to
-    a reset) drops pages, reporting without resetting repeats them."""
+    -- resetting more than was reported (or losing a write to a reset) drops
+    pages -- and on pagemap exactly once: reporting without resetting repeats
+    them.  The fault-based backends may report a write twice when a get
+    catches it in flight (the fault resolved, the store not yet retried:
+    this get reports it, re-protects the page, and the retried store faults
+    again -- seen under TCG on Linux 6.1), at most once per get, since one
+    thread writes (docs/backends.md)."""
     npages = 256
     base = allocs(0, npages * P, w.MEM_RESERVE | w.MEM_COMMIT | w.MEM_WRITE_WATCH,
                   w.PAGE_READWRITE)
@@ -432,18 +437,23 @@ def test_get_and_reset_under_concurrent_writes(backend, allocs):
         done.set()
 
     seen = []
+    gets = 0
     t = threading.Thread(target=writer)
     t.start()
     while True:
         finished = done.is_set()
         seen += watch(base, npages * P, w.WRITE_WATCH_FLAG_RESET, count=7)
+        gets += not finished
         if finished and len(seen) >= npages:
             break
         if finished and not watch(base, npages * P):
             break
     t.join()
-    assert sorted(seen) == pages(*range(npages))
-
+    assert sorted(set(seen)) == pages(*range(npages))
+    if backend == "pagemap":
+        assert sorted(seen) == pages(*range(npages))
+    else:
+        assert len(seen) - npages <= gets, (len(seen), npages, gets)
 
 def test_last_error_is_per_thread():
     w.SetLastError(1234)
