@@ -130,21 +130,6 @@ cdef class Engine:
         pass
 
 
-cdef inline int remap_reserved(uintptr_t start, uintptr_t end,
-                               const char **what) noexcept nogil:
-    """Replace [start, end) by a fresh PROT_NONE anonymous mapping, in one
-    step: pages, uffd registration and markers go, and page tables the range
-    covers whole are freed (MADV_DONTNEED would keep them, and the markers'
-    are what a reservation must not pay for)."""
-    cdef void *p = mmap(<void *>start, end - start, PROT_NONE,
-                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0)
-    if p == MAP_FAILED:
-        what[0] = "mmap(MAP_FIXED, PROT_NONE)"
-        return -errno
-    madvise(p, end - start, MADV_NOHUGEPAGE)
-    return 0
-
-
 @cython.auto_pickle(False)
 cdef class _PlainEngine(Engine):
     """No write watch: the engine of writewatch.win32's allocations made
@@ -161,4 +146,4 @@ cdef class _PlainEngine(Engine):
 
     cdef int decommit(self, uintptr_t start, uintptr_t end,
                       const char **what) noexcept nogil:
-        return remap_reserved(start, end, what)
+        return ww_remap_reserved(start, end, what)

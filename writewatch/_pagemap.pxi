@@ -214,7 +214,7 @@ cdef class _PagemapEngine(Engine):
             return rc
         if prot != PROT_NONE and mprotect(<void *>start, end - start, prot) != 0:
             rc = -errno
-            remap_reserved(start, end, what)
+            ww_remap_reserved(start, end, what)
             what[0] = "mprotect"
             return rc
         return 0
@@ -223,7 +223,7 @@ cdef class _PagemapEngine(Engine):
                       const char **what) noexcept nogil:
         # A fresh PROT_NONE mapping in its place: the registration, the
         # markers and the page tables they filled go with the old one.
-        return remap_reserved(start, end, what)
+        return ww_remap_reserved(start, end, what)
 
     # release(): nothing.  The memory is unmapped, which ends its
     # registration; the shared userfaultfd stays open for the next region.

@@ -715,19 +715,14 @@ static int ww_mp_decommit(struct ww_mp_region *r, uintptr_t start, uintptr_t end
         for (size_t k = i; k < e; k++)
             __atomic_store_n(&r->state[k], WW_MP_BYTE(r, PROT_NONE), __ATOMIC_RELEASE);
         ww_mp_account(r, d);
-        void *p = mmap((void *)start, end - start, PROT_NONE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
-        if (p == MAP_FAILED) {
-            rc = -errno;
-            *what = "mmap(MAP_FIXED, PROT_NONE)";
-        } else {
-            madvise(p, end - start, MADV_NOHUGEPAGE);
+        rc = ww_remap_reserved(start, end, what);
+        if (rc == 0) {
             prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, start, end - start, r->name);
             /* Should this fail, the pages keep the hint of a writable run:
              * harmless but for a clean write-only neighbour (PROT_WRITE
              * alone, which the win32 layer never asks for), the only
              * writable page whose kernel protection is PROT_NONE too. */
-            madvise(p, end - start, MADV_RANDOM);
+            madvise((void *)start, end - start, MADV_RANDOM);
         }
     }
     pthread_mutex_unlock(&r->lock);

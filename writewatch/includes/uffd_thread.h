@@ -733,17 +733,10 @@ static int ww_uffd_commit(ww_uffd_region *r, uintptr_t start, uintptr_t end, int
 static int ww_uffd_decommit(ww_uffd_region *r, uintptr_t start, uintptr_t end,
                             const char **what)
 {
-    int rc = 0;
     pthread_mutex_lock(&r->lock);
-    void *p = mmap((void *)start, end - start, PROT_NONE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
-    if (p == MAP_FAILED) {
-        rc = -errno;
-        *what = "mmap(MAP_FIXED, PROT_NONE)";
-    } else {
-        madvise(p, end - start, MADV_NOHUGEPAGE);
+    int rc = ww_remap_reserved(start, end, what);
+    if (rc == 0)
         ww_uffd_clear_bits(r, start, end);
-    }
     pthread_mutex_unlock(&r->lock);
     /* Threads blocked on a fault there (none should be: the pages were
      * being decommitted) retry against the new, inaccessible mapping. */

@@ -62,6 +62,23 @@ static inline void ww_touch_page(uintptr_t addr)
     __atomic_fetch_or((volatile uint8_t *)addr, (uint8_t)0, __ATOMIC_RELAXED);
 }
 
+/* Replace [start, end) by a fresh PROT_NONE anonymous mapping, in one step:
+ * pages, uffd registration and markers go, and page tables the range covers
+ * whole are freed (MADV_DONTNEED would keep them, and the markers' are what
+ * a win32 reservation must not pay for).  What a decommit does on every
+ * backend; 0 or -errno and *what. */
+static inline int ww_remap_reserved(uintptr_t start, uintptr_t end, const char **what)
+{
+    void *p = mmap((void *)start, end - start, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+    if (p == MAP_FAILED) {
+        *what = "mmap(MAP_FIXED, PROT_NONE)";
+        return -errno;
+    }
+    madvise(p, end - start, MADV_NOHUGEPAGE);
+    return 0;
+}
+
 /* ---- per-page bitmaps ---------------------------------------------------
  * One bit per page of a region, 64 to a word.  Every access is an atomic
  * (sequentially consistent) one, so that a bitmap may be read without its

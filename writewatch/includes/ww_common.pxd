@@ -1,7 +1,7 @@
 # includes/ww_common.h: the C shared by the backends -- the fork generation,
 # the process's /proc/self/pagemap descriptor and asynchronous userfaultfd,
 # the system-call wrappers.  Every function returns -errno on failure.
-from libc.stdint cimport uint64_t
+from libc.stdint cimport uint64_t, uintptr_t
 
 
 cdef extern from "ww_common.h" nogil:
@@ -11,3 +11,4 @@ cdef extern from "ww_common.h" nogil:
     int ww_userfaultfd(int flags)
     int ww_async_uffd(const char **what)
     int ww_async_uffd_lost(int fd)
+    int ww_remap_reserved(uintptr_t start, uintptr_t end, const char **what)
