@@ -12,6 +12,7 @@ Pages and ground truth::
     write_pages(region, [1, 5])              # one byte into each page (what the test wrote)
     assert written(region) == [1, 5]         # the page indexes the region reports
     assert written(region, reset=True) == [1, 5]
+    contents(region)                         # the region's bytes
     page_indexes(region, addresses)          # absolute addresses -> page indexes (checked aligned)
 
 Backends, probed once::
@@ -140,6 +141,16 @@ def write_pages(region, pages, value=1):
     try:
         for p in pages:
             view[p * PAGE + (p * 7) % PAGE] = value
+    finally:
+        del view
+
+
+def contents(region):
+    """The region's bytes (through a view released before returning, so
+    that the region can still be closed)."""
+    view = np.frombuffer(region, dtype=np.uint8)
+    try:
+        return view.tobytes()
     finally:
         del view
 

@@ -22,16 +22,9 @@ import pytest
 import writewatch
 from writewatch._core import _crc32c
 from helpers import PAGE, run_python, write_pages, written
+from helpers import contents as state
 
 CorruptLogError = writewatch.CorruptLogError
-
-
-def state(region):
-    v = np.frombuffer(region, dtype=np.uint8)
-    try:
-        return v.tobytes()
-    finally:
-        del v
 
 
 def put(region, page, data):

@@ -17,14 +17,7 @@ import pytest
 
 import writewatch
 from helpers import PAGE, run_python, write_pages, written
-
-
-def state(region):
-    v = np.frombuffer(region, dtype=np.uint8)
-    try:
-        return v.tobytes()
-    finally:
-        del v
+from helpers import contents as state
 
 
 def fill(region, pages, value):
