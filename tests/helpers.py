@@ -33,6 +33,7 @@ Shared checks and settings::
     check_accounting(npages, results, writes)    # every write reported, every report written
     hypothesis_settings()                        # the example counts ($WRITEWATCH_HYPOTHESIS)
     Tally()                                      # what a state machine ran, for docs/reliability.md
+    run_machine(Machine, "label", backend)       # a state machine as a test, its tally recorded
 
 Child interpreters -- anything that may crash, hang, fork, change the whole
 process or use up a resource runs in one::
@@ -207,6 +208,23 @@ class Tally:
             with open(path, "a") as f:
                 f.write(json.dumps(line) + "\n")
         return line
+
+
+def run_machine(base, label, backend, *, share=1, at_least=1):
+    """Run the state machine class `base` as a test on `backend` (a subclass
+    with `backend` and a fresh Tally set), with the profile's settings --
+    1/share of its examples, at least `at_least`, for machines whose
+    examples cost more -- and print what it ran, recorded as `label`."""
+    from hypothesis.stateful import run_state_machine_as_test
+    tally = Tally()
+    machine = type("%s_%s" % (base.__name__, backend), (base,),
+                   {"backend": backend, "tally": tally})
+    settings = hypothesis_settings()
+    if share > 1:
+        settings = hypothesis.settings(
+            settings, max_examples=max(at_least, settings.max_examples // share))
+    run_state_machine_as_test(machine, settings=settings)
+    print(tally.record(label, backend))
 
 
 # -- writer threads racing a get-and-reset loop --------------------------------------

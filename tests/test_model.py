@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from hypothesis import assume, strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant,
-                                 precondition, rule, run_state_machine_as_test)
+                                 precondition, rule)
 
 import writewatch
 from writewatch.soak import kernel_writes_work
-from helpers import BACKENDS, PAGE, Tally, hypothesis_settings, require_backend
+from helpers import BACKENDS, PAGE, Tally, require_backend, run_machine
 from model import READ, WRITE, PageModel
 
 PROTS = {"rw": mmap.PROT_READ | mmap.PROT_WRITE, "r": mmap.PROT_READ, "none": 0}  # PROT_NONE
@@ -233,27 +233,16 @@ class BigRegionMachine(RegionMachine):
         self.pipe = os.pipe()
 
 
-def machine_for(backend, tally, base=RegionMachine):
-    return type(base.__name__ + "_" + backend, (base,),
-                {"backend": backend, "tally": tally})
-
-
 @pytest.mark.parametrize("name", BACKENDS)
 def test_region_against_model(name):
     require_backend(name)
-    tally = Tally()
-    run_state_machine_as_test(machine_for(name, tally), settings=hypothesis_settings())
-    print(tally.record("region", name))
+    run_machine(RegionMachine, "region", name)
 
 
 @pytest.mark.parametrize("name", BACKENDS)
 def test_big_region_against_model(name):
     require_backend(name)
-    tally = Tally()
-    settings = hypothesis_settings()
-    settings = type(settings)(settings, max_examples=max(5, settings.max_examples // 4))
-    run_state_machine_as_test(machine_for(name, tally, BigRegionMachine), settings=settings)
-    print(tally.record("region-big", name))
+    run_machine(BigRegionMachine, "region-big", name, share=4, at_least=5)
 
 
 # -- regression tests: minimal sequences found by the machine ------------------

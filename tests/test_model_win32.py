@@ -14,11 +14,10 @@ import os
 import numpy as np
 import pytest
 from hypothesis import assume, strategies as st
-from hypothesis.stateful import (RuleBasedStateMachine, invariant, precondition,
-                                 rule, run_state_machine_as_test)
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from writewatch.soak import kernel_writes_work
-from helpers import BACKENDS, PAGE, Tally, hypothesis_settings, require_backend
+from helpers import BACKENDS, PAGE, Tally, require_backend, run_machine
 from model import Win32Model
 
 w = pytest.importorskip("writewatch.win32")
@@ -221,10 +220,7 @@ class Win32Machine(RuleBasedStateMachine):
 def test_win32_against_model(name, monkeypatch):
     require_backend(name)
     monkeypatch.setenv("WRITEWATCH_BACKEND", name)
-    tally = Tally()
-    machine = type("Win32Machine_" + name, (Win32Machine,), {"tally": tally})
-    run_state_machine_as_test(machine, settings=hypothesis_settings())
-    print(tally.record("win32", name))
+    run_machine(Win32Machine, "win32", name)
 
 
 # -- regression tests: minimal sequences found by the machine ------------------

@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 from hypothesis import assume, strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant,
-                                 precondition, rule, run_state_machine_as_test)
+                                 precondition, rule)
 
 import writewatch
 from writewatch.soak import kernel_writes_work
-from helpers import BACKENDS, PAGE, Tally, hypothesis_settings as profile, require_backend
+from helpers import BACKENDS, PAGE, Tally, require_backend, run_machine
 from model import PageModel
 
 MAX_PAGES = 24
@@ -274,23 +274,13 @@ class BigSnapshotsMachine(SnapshotsMachine):
         self._make(npages, keeps, prewritten)
 
 
-def machine_for(backend, tally, base=SnapshotsMachine):
-    return type(base.__name__ + "_" + backend, (base,), {"backend": backend, "tally": tally})
-
-
 @pytest.mark.parametrize("name", BACKENDS)
 def test_snapshots_against_model(name):
     require_backend(name)
-    tally = Tally()
-    run_state_machine_as_test(machine_for(name, tally), settings=profile())
-    print(tally.record("snapshots", name))
+    run_machine(SnapshotsMachine, "snapshots", name)
 
 
 @pytest.mark.parametrize("name", BACKENDS)
 def test_big_snapshots_against_model(name):
     require_backend(name)
-    tally = Tally()
-    settings = profile()
-    settings = type(settings)(settings, max_examples=max(4, settings.max_examples // 5))
-    run_state_machine_as_test(machine_for(name, tally, BigSnapshotsMachine), settings=settings)
-    print(tally.record("snapshots-big", name))
+    run_machine(BigSnapshotsMachine, "snapshots-big", name, share=5, at_least=4)
