@@ -568,6 +568,30 @@ static int ww_mp_reset(struct ww_mp_region *r, uintptr_t start, uintptr_t end,
     return ww_mp_scan(r, start, end, 1, NULL, &n, 0, what);
 }
 
+/* The end of the run of pages from i (before e) whose state byte is page
+ * i's: the unit every control call works in.  r->lock held. */
+static inline size_t ww_mp_run_end(const struct ww_mp_region *r, size_t i, size_t e)
+{
+    uint8_t b0 = ww_mp_load(r, i);
+    size_t j = i + 1;
+    while (j < e && ww_mp_load(r, j) == b0)
+        j++;
+    return j;
+}
+
+/* Pages [i, j) get the caller bits `bits`, each keeping its W bit, which
+ * the handler may set meanwhile (hence the compare-and-swap). */
+static inline void ww_mp_set_caller(struct ww_mp_region *r, size_t i, size_t j, uint8_t bits)
+{
+    for (size_t k = i; k < j; k++) {
+        uint8_t cur = ww_mp_load(r, k), want;
+        do {
+            want = (uint8_t)((cur & WW_MP_W) | (bits & ~WW_MP_W));
+        } while (!__atomic_compare_exchange_n(&r->state[k], &cur, want, 0,
+                                              __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+    }
+}
+
 /* Change the caller-visible protection of [start, end) to prot, keeping W.
  * Done run by run (pages whose bytes agree); a run the kernel refuses gets
  * its old protection back and the call fails with that error.  A run that
@@ -581,9 +605,7 @@ static int ww_mp_protect(struct ww_mp_region *r, uintptr_t start, uintptr_t end,
     pthread_mutex_lock(&r->lock);
     while (i < e) {
         uint8_t b0 = ww_mp_load(r, i);
-        size_t j = i + 1;
-        while (j < e && ww_mp_load(r, j) == b0)
-            j++;
+        size_t j = ww_mp_run_end(r, i, e);
         unsigned oldp = WW_MP_PROT(r, b0);
         unsigned after = (b0 & WW_MP_W) ? newp : (newp & ~(unsigned)PROT_WRITE);
         int rehint = ww_mp_advice(oldp) != ww_mp_advice(newp);
@@ -594,22 +616,10 @@ static int ww_mp_protect(struct ww_mp_region *r, uintptr_t start, uintptr_t end,
             *what = "madvise(MADV_SEQUENTIAL)";
             break;
         }
-        for (size_t k = i; k < j; k++) {
-            uint8_t cur = ww_mp_load(r, k), want;
-            do {
-                want = (uint8_t)((cur & WW_MP_W) | WW_MP_BYTE(r, newp));
-            } while (!__atomic_compare_exchange_n(&r->state[k], &cur, want, 0,
-                                                  __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
-        }
+        ww_mp_set_caller(r, i, j, (uint8_t)WW_MP_BYTE(r, newp));
         rc = ww_mp_mprotect(r, i, j, after);
         if (rc < 0) {
-            for (size_t k = i; k < j; k++) {
-                uint8_t cur = ww_mp_load(r, k), want;
-                do {
-                    want = (uint8_t)((cur & WW_MP_W) | (b0 & ~WW_MP_W));
-                } while (!__atomic_compare_exchange_n(&r->state[k], &cur, want, 0,
-                                                      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
-            }
+            ww_mp_set_caller(r, i, j, b0);
             if (rehint)
                 ww_mp_advise(r, i, j, ww_mp_advice(oldp));
             *what = "mprotect";
@@ -636,9 +646,7 @@ static int ww_mp_rearm(struct ww_mp_region *r, uintptr_t start, uintptr_t end,
     pthread_mutex_lock(&r->lock);
     while (i < e) {
         uint8_t b0 = ww_mp_load(r, i);
-        size_t j = i + 1;
-        while (j < e && ww_mp_load(r, j) == b0)
-            j++;
+        size_t j = ww_mp_run_end(r, i, e);
         rc = ww_mp_mprotect(r, i, j, ww_mp_kprot(r, b0));
         if (rc < 0) {
             *what = "mprotect";
@@ -702,9 +710,7 @@ static int ww_mp_decommit(struct ww_mp_region *r, uintptr_t start, uintptr_t end
     /* VMAs: each run's protection becomes PROT_NONE. */
     for (size_t a = i; a < e;) {
         uint8_t b0 = ww_mp_load(r, a);
-        size_t b = a + 1;
-        while (b < e && ww_mp_load(r, b) == b0)
-            b++;
+        size_t b = ww_mp_run_end(r, a, e);
         d += ww_mp_delta(r, a, b, ww_mp_vkey(r, b0), PROT_NONE | WW_MP_HINTED);
         a = b;
     }
