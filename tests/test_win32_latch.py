@@ -89,6 +89,10 @@ def alloc(backend):
 def test_protect_after_a_write_latches_it_through_a_decommit(alloc):
     """Commit PAGE_NOACCESS; VirtualProtect(base, 6P, RW); write page 5;
     VirtualProtect(base, 6P, NOACCESS); decommit all -> page 5."""
+    _first_case(alloc)
+
+
+def _first_case(alloc):
     alloc.commit(w.PAGE_NOACCESS)
     alloc.protect(6, w.PAGE_READWRITE)
     alloc.write(5)
@@ -125,12 +129,7 @@ def _second_case(alloc):
 
 def test_the_two_cases_in_sequence(alloc):
     """The second case continues from the first, as in Wine's test."""
-    alloc.commit(w.PAGE_NOACCESS)
-    alloc.protect(6, w.PAGE_READWRITE)
-    alloc.write(5)
-    alloc.protect(6, w.PAGE_NOACCESS)
-    alloc.decommit()
-    assert alloc.watch() == [5]
+    _first_case(alloc)
     alloc.reset()
     assert alloc.watch() == []
     _second_case(alloc)
