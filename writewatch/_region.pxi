@@ -128,6 +128,10 @@ cdef inline void _bit_set(uint64_t *bits, size_t i) noexcept nogil:
     bits[i >> 6] |= (<uint64_t>1) << (i & 63)
 
 
+cdef inline void _bit_clear(uint64_t *bits, size_t i) noexcept nogil:
+    bits[i >> 6] &= ~((<uint64_t>1) << (i & 63))
+
+
 cdef size_t _bits_take(uint64_t *bits, size_t first, size_t last, bint clear,
                        uintptr_t base, size_t shift, Sink *sink) noexcept nogil:
     """Put the pages of [first, last) whose bit is set into `sink` (up to its
@@ -146,7 +150,7 @@ cdef size_t _bits_take(uint64_t *bits, size_t first, size_t last, bint clear,
             sink.buf[sink.n] = base + (i << shift)
         sink.n += 1
         if clear:
-            bits[i >> 6] &= ~((<uint64_t>1) << (i & 63))
+            _bit_clear(bits, i)
         k += 1
         i += 1
     return k
@@ -159,7 +163,7 @@ cdef void _bits_clear(uint64_t *bits, size_t first, size_t last) noexcept nogil:
             bits[i >> 6] = 0
             i += 64
         else:
-            bits[i >> 6] &= ~((<uint64_t>1) << (i & 63))
+            _bit_clear(bits, i)
             i += 1
 
 
@@ -1169,7 +1173,7 @@ cdef class Region:
                         if mark:
                             _bit_set(t.bits, idx)
                         else:
-                            t.bits[idx >> 6] &= ~((<uint64_t>1) << (idx & 63))
+                            _bit_clear(t.bits, idx)
             self._unlock()
         self._leave()
         if mapped < 0:
