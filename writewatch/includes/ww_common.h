@@ -1,8 +1,9 @@
 /*
  * ww_common.h - the plain C that more than one backend uses: the fork
  * generation, the process's /proc/self/pagemap descriptor and asynchronous
- * userfaultfd, the system-call wrappers, ww_touch_page(), and the per-page
- * bitmaps of the uffd and softdirty backends.
+ * userfaultfd, the system-call wrappers, ww_touch_page(), the decommit's
+ * remap (ww_remap_reserved), and the per-page bitmaps of the uffd and
+ * softdirty backends.
  *
  * What it keeps: every per-process resource here belongs to the process
  * (and fork generation) that uses it.  A descriptor inherited over fork()

@@ -1,6 +1,6 @@
 # includes/ww_common.h: the C shared by the backends -- the fork generation,
 # the process's /proc/self/pagemap descriptor and asynchronous userfaultfd,
-# the system-call wrappers.  Every function returns -errno on failure.
+# the system-call wrappers, the decommit's remap.  Every function returns -errno on failure.
 from libc.stdint cimport uint64_t, uintptr_t
 
 
